@@ -1,0 +1,46 @@
+"""Benchmarks behind `loragen bench`: each module has add_arguments(parser) and run(args)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
+    """Run fn warmup + repeats times; return median, min, max and all seconds."""
+    for _ in range(warmup):
+        fn()
+    secs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        secs.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs), "runs_s": secs}
+
+
+def write_json(result: dict, out: str | os.PathLike) -> Path:
+    from ..fsutil import atomic_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return out

@@ -1,0 +1,27 @@
+"""loragen bench: every benchmark behind one verb; each writes JSON (and PNG where it helps)."""
+
+import argparse
+import importlib
+
+from . import add_verb
+
+# benchmark name -> module under loragen_mobile.bench exposing add_arguments(parser) and run(args) -> dict
+BENCHES = {
+    "merge": "merge",
+}
+
+EXAMPLES = """
+  loragen bench merge --out bench-out/merge.json
+  loragen bench merge --dtypes fp16 --repeats 3
+"""
+
+
+def register(sub):
+    p = add_verb(sub, "bench", "run a benchmark (JSON + plots); never part of the tests", EXAMPLES)
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, mod in BENCHES.items():
+        m = importlib.import_module(f"loragen_mobile.bench.{mod}")
+        bp = bsub.add_parser(name, help=m.__doc__.strip().splitlines()[0], description=m.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        m.add_arguments(bp)
+        bp.set_defaults(func=m.run)
