@@ -173,13 +173,35 @@ def merged_tensors(base: Mapping[str, torch.Tensor], adapter: LoraAdapter) -> di
                 f"adapter B @ A {want} (A {tuple(a.shape)}, B {tuple(b.shape)})"
             )
         plan.append((key, w, a, b))
-    out = {}
-    scale = adapter.scale
-    for key, w, a, b in plan:
-        merged = torch.addmm(w.float() if w.dtype != torch.float32 else w, b.float(), a.float(), alpha=scale)
-        if not torch.isfinite(merged).all():
+    return {key: _merge_one(key, w, a, b, adapter.scale) for key, w, a, b in plan}
+
+
+# rows per block: the block's fp32 accumulators stay within a typical L2 cache (~1 MiB)
+_BLOCK_ELEMS = 1 << 18
+
+
+def _merge_one(key: str, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """W + scale * (B @ A), one block of rows at a time: fp32 accumulation (one GEMM with beta=1),
+    one rounding to W's dtype, and the NaN/Inf/overflow check while the block is still in cache."""
+    out = torch.empty_like(w)
+    af, bf = a.float(), b.float()
+    rows = max(1, _BLOCK_ELEMS // w.shape[1])
+    half = w.dtype != torch.float32
+    buf = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=torch.float32) if half else None
+    limit = torch.finfo(w.dtype).max
+    for i in range(0, w.shape[0], rows):
+        j = min(i + rows, w.shape[0])
+        if half:
+            acc = buf[: j - i]
+            acc.copy_(w[i:j])
+            torch.addmm(acc, bf[i:j], af, alpha=scale, out=acc)
+        else:
+            acc = torch.addmm(w[i:j], bf[i:j], af, alpha=scale, out=out[i:j])
+        lo, hi = torch.aminmax(acc)  # NaN propagates; +-Inf or values beyond the dtype's range fail
+        if not (-limit <= float(lo) and float(hi) <= limit):
             raise LoragenError(f"merge of {key} produced NaN or Inf values; refusing to merge (nothing was written)")
-        out[key] = merged.to(w.dtype)
+        if half:
+            out[i:j].copy_(acc)
     return out
 
 

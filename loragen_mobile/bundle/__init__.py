@@ -1,0 +1,145 @@
+"""Runtime-swappable weight bundles: build, sign, verify, and swap into an exported artifact.
+
+Library API (used by the CLI and the specialization service):
+
+* :func:`build_bundle` (artifact + adapter -> signed bundle bytes), :func:`write_bundle`
+* :func:`verify_bundle` (bytes or path + artifact + public key -> :class:`VerifiedBundle`)
+* :func:`bundle_swap` (verified bundle -> parameter name -> replacement tensor)
+* :func:`apply_bundle` (writes a new, specialized artifact directory)
+* :func:`open_runner_with_bundle` (host runner with the swap applied at load; nothing written)
+
+The file format is in :mod:`loragen_mobile.bundle.format` and docs/bundle-format.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import LoragenError
+from ..lora import LoraAdapter
+from .core import VerifiedBundle, build, swap_tensors, verify
+from .format import BundleError, read_file
+
+__all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "bundle_swap", "open_runner_with_bundle",
+           "read_base_tensors", "verify_bundle", "write_bundle"]
+
+
+def _artifact(artifact_dir):
+    from ..exporters import read_artifact
+
+    return read_artifact(artifact_dir)
+
+
+def read_base_tensors(artifact_dir) -> dict[str, torch.Tensor]:
+    """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
+    from ..exporters import TORCH_DTYPES, sha256_bytes
+
+    art = _artifact(artifact_dir)
+    ptd_cache: dict[str, dict] = {}
+    out = {}
+    for s in art.slots:
+        path = art.path / s["file"]
+        if path.suffix == ".ptd":
+            if s["file"] not in ptd_cache:
+                from ..exporters.executorch import _entries, _read_ptd
+
+                ptd_cache[s["file"]] = _entries(_read_ptd(path))
+            entry = ptd_cache[s["file"]].get(s["key"])
+            if entry is None:
+                raise LoragenError(f"{path} has no tensor under key {s['key'][:16]}... for {s['name']}")
+            data = entry[0][: s["nbytes"]]
+        else:
+            with open(path, "rb") as f:
+                f.seek(int(s["offset"]))
+                data = f.read(int(s["nbytes"]))
+        if len(data) != s["nbytes"] or sha256_bytes(data) != s["sha256"]:
+            raise LoragenError(f"artifact {art.path}: the stored bytes of {s['name']} do not match artifact.json "
+                               "(the artifact was modified after export)")
+        t = torch.frombuffer(bytearray(data), dtype=TORCH_DTYPES[s["dtype"]]).reshape(s["shape"])
+        out[s["name"]] = t
+    return out
+
+
+def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,
+                 generator_id: str | None = None, task: str | None = None, include_task: bool = False,
+                 created: str | None = None) -> bytes:
+    """Bundle bytes for ``adapter`` against the exported artifact in ``artifact_dir``."""
+    art = _artifact(artifact_dir)
+    if adapter.model_type and adapter.model_type != art.meta.get("model_type"):
+        raise BundleError(f"adapter was made for model_type '{adapter.model_type}', "
+                          f"the artifact is '{art.meta.get('model_type')}'", code="build")
+    base = read_base_tensors(artifact_dir) if kind == "merged" else None
+    return build(art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
+                 task=task, include_task=include_task, created=created,
+                 task_sha256=adapter.metadata.get("loragen.task_sha256"))
+
+
+def build_bundle_cli(artifact_dir, out, kind: str, adapter_dir=None, generator_dir=None, task: str | None = None,
+                     sign_key=None, unsigned: bool = False, include_task: bool = False) -> tuple[Path, int]:
+    """``loragen bundle build``: every input checked before anything is written."""
+    from ..fsutil import refuse_existing
+    from ..lora import load_peft_adapter
+    from .keys import load_private_key
+
+    refuse_existing(out)
+    if sign_key is None and not unsigned:
+        raise LoragenError("--sign-key is required (or --unsigned for a development bundle)")
+    key = load_private_key(sign_key) if sign_key else None
+    generator_id = None
+    if adapter_dir is not None:
+        adapter = load_peft_adapter(adapter_dir)
+        generator_id = adapter.metadata.get("loragen.generator_id")
+    else:
+        if not task:
+            raise LoragenError("--generator needs --task \"<task description>\"")
+        from ..generator import generate_adapter, load_generator
+
+        gen = load_generator(generator_dir)
+        adapter = generate_adapter(gen, task)
+        generator_id = adapter.metadata.get("loragen.generator_id")
+    data = build_bundle(artifact_dir, adapter, kind, private_key=key, generator_id=generator_id, task=task,
+                        include_task=include_task)
+    return write_bundle(data, out), len(data)
+
+
+def write_bundle(data: bytes, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    from ..fsutil import atomic_file
+
+    with atomic_file(out, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(out)
+
+
+def verify_bundle(bundle: bytes | str | os.PathLike, artifact_dir, public_key=None,
+                  require_signature: bool = True) -> VerifiedBundle:
+    raw = bundle if isinstance(bundle, (bytes, bytearray)) else read_file(bundle)
+    return verify(bytes(raw), _artifact(artifact_dir).meta, public_key, require_signature)
+
+
+def bundle_swap(vb: VerifiedBundle, artifact_dir) -> dict[str, torch.Tensor]:
+    """Parameter name -> replacement tensor; lora bundles are merged here with the artifact's base values."""
+    base = read_base_tensors(artifact_dir) if vb.kind == "lora" else None
+    return swap_tensors(vb, base)
+
+
+def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: bool = True):
+    """Verify, then write a new specialized artifact directory (the source is never modified)."""
+    from ..exporters import get_exporter
+    from ..fsutil import refuse_existing
+
+    refuse_existing(out)
+    vb = verify_bundle(bundle, artifact_dir, public_key, require_signature)
+    art = _artifact(artifact_dir)
+    return get_exporter(art.backend).apply_swap(artifact_dir, bundle_swap(vb, artifact_dir), out)
+
+
+def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):
+    """A host runner for the artifact with the bundle swapped in at load (nothing written)."""
+    from ..exporters import get_exporter
+
+    vb = verify_bundle(bundle, artifact_dir, public_key, require_signature)
+    art = _artifact(artifact_dir)
+    return get_exporter(art.backend).open_runner(artifact_dir, swap=bundle_swap(vb, artifact_dir))

@@ -1,0 +1,252 @@
+"""The bundle file: one safetensors container, a manifest in ``__metadata__``, an Ed25519 signature.
+
+Layout (see docs/bundle-format.md): 8-byte little-endian header length N, N bytes of UTF-8 JSON
+header, then the raw tensor bytes. The header's ``__metadata__`` holds two string entries:
+
+- ``loragen.manifest``: the manifest, a JSON document (format version, kind, base binding,
+  per-tensor swap slot, dtype, shape and sha256, generator id, task sha256, creation time);
+- ``loragen.signature``: 128 hex characters, the Ed25519 signature of the signing digest, or 128
+  ``0`` characters for an unsigned bundle.
+
+Signing digest: SHA-256 of the whole file with the 128 signature characters replaced by ASCII
+``0``. Every other byte (header length, header, tensor data) is covered, and a reader on a phone
+can compute it in one streaming pass without re-serializing any JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LoragenError
+
+FORMAT = "loragen-bundle"
+FORMAT_VERSION = 1
+KINDS = ("merged", "lora")
+SIG_KEY = "loragen.signature"
+MANIFEST_KEY = "loragen.manifest"
+SIG_HEX_LEN = 128
+UNSIGNED = "0" * SIG_HEX_LEN
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+# safetensors dtype -> (numpy dtype, bytes per element)
+DTYPES = {
+    "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2), "I8": (np.int8, 1),
+    "U8": (np.uint8, 1), "I32": (np.int32, 4), "I64": (np.int64, 8),
+}
+
+
+class BundleError(LoragenError):
+    """A bundle that is malformed, tampered with, or does not fit the artifact.
+
+    ``code`` is a stable machine-readable reason shared with the Kotlin and Swift readers
+    (docs/bundle-format.md lists them).
+    """
+
+    def __init__(self, message: str, code: str = "malformed"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass
+class ParsedBundle:
+    """A structurally valid bundle: header parsed, offsets checked, data in memory."""
+
+    raw: bytes
+    header_len: int
+    header: dict
+    manifest: dict
+    signature_hex: str
+    tensors: dict[str, TensorEntry]
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+    @property
+    def signed(self) -> bool:
+        return self.signature_hex != UNSIGNED
+
+    def tensor_bytes(self, name: str) -> bytes:
+        e = self.tensors[name]
+        return self.raw[self.data_start + e.begin: self.data_start + e.end]
+
+    def tensor(self, name: str):
+        """The tensor as a torch tensor (a copy)."""
+        import torch
+
+        e = self.tensors[name]
+        buf = bytearray(self.tensor_bytes(name))
+        if e.dtype == "BF16":
+            t = torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16) if buf else torch.empty(0, dtype=torch.bfloat16)
+        else:
+            t = torch.from_numpy(np.frombuffer(buf, dtype=DTYPES[e.dtype][0]).copy())
+        return t.reshape(e.shape)
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise BundleError(f"bundle header has duplicate entry '{k}'", code="duplicate_name")
+        d[k] = v
+    return d
+
+
+def parse(raw: bytes) -> ParsedBundle:
+    """Check the container's structure; raise BundleError with one line on any defect."""
+    if len(raw) < 8:
+        raise BundleError(f"bundle is truncated: {len(raw)} bytes, shorter than the 8-byte header length", code="truncated")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > len(raw) - 8:
+        raise BundleError(f"bundle header length {n} is larger than the file ({len(raw)} bytes)", code="header_length")
+    if n > MAX_HEADER_BYTES:
+        raise BundleError(f"bundle header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit", code="header_length")
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise BundleError("bundle header is not valid UTF-8", code="header_encoding") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"bundle header is not valid JSON ({e.msg} at byte {e.pos})", code="header_json") from None
+    except RecursionError:
+        raise BundleError("bundle header JSON is nested too deeply", code="header_json") from None
+    if not isinstance(header, dict):
+        raise BundleError("bundle header is not a JSON object", code="header_json")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BundleError("bundle header has no __metadata__ object of strings", code="metadata")
+    sig = meta.get(SIG_KEY)
+    if not isinstance(sig, str) or len(sig) != SIG_HEX_LEN or any(c not in "0123456789abcdef" for c in sig):
+        raise BundleError(f"bundle has no valid '{SIG_KEY}' (128 lowercase hex characters)", code="signature_field")
+    try:
+        manifest = json.loads(meta.get(MANIFEST_KEY, ""), object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, RecursionError):
+        raise BundleError(f"bundle has no valid '{MANIFEST_KEY}' JSON", code="manifest") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"not a {FORMAT} file (manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r})", code="format")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"unsupported bundle format_version {manifest.get('format_version')!r}; this reader supports {FORMAT_VERSION}", code="version")
+    data_len = len(raw) - 8 - n
+    entries = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+            raise BundleError(f"tensor '{name}' has a malformed header entry", code="tensor_header")
+        dtype, shape, offs = spec["dtype"], spec["shape"], spec["data_offsets"]
+        if dtype not in DTYPES:
+            raise BundleError(f"tensor '{name}' has unsupported dtype {dtype!r}", code="tensor_header")
+        if (not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+                or not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise BundleError(f"tensor '{name}' has a malformed shape or data_offsets", code="tensor_header")
+        begin, end = offs
+        count = 1
+        for s in shape:
+            count *= s
+        if not 0 <= begin <= end <= data_len or end - begin != count * DTYPES[dtype][1]:
+            raise BundleError(f"tensor '{name}' data_offsets {offs} do not fit its shape {shape} {dtype} "
+                              f"or the {data_len}-byte data section", code="data_offsets")
+        entries.append(TensorEntry(name, dtype, tuple(shape), begin, end))
+    entries.sort(key=lambda e: e.begin)
+    pos = 0
+    for e in entries:
+        if e.begin != pos:
+            raise BundleError(f"tensor '{e.name}' data is not contiguous with the previous tensor (offset {e.begin}, expected {pos})", code="data_offsets")
+        pos = e.end
+    if pos != data_len:
+        raise BundleError(f"bundle data section has {data_len - pos} trailing bytes not covered by any tensor", code="data_offsets")
+    return ParsedBundle(raw, n, header, manifest, sig, {e.name: e for e in entries})
+
+
+def signing_digest(pb: ParsedBundle) -> bytes:
+    """SHA-256 of the file with the signature's 128 hex characters replaced by '0'."""
+    needle = f'"{SIG_KEY}":"{pb.signature_hex}"'.encode()
+    header_bytes = pb.raw[8:8 + pb.header_len]
+    at = header_bytes.find(needle)
+    if at < 0 or header_bytes.find(needle, at + 1) >= 0:
+        raise BundleError(f"bundle header must contain '\"{SIG_KEY}\":\"<hex>\"' exactly once", code="signature_field")
+    start = 8 + at + len(needle) - SIG_HEX_LEN - 1
+    h = hashlib.sha256()
+    h.update(pb.raw[:start])
+    h.update(UNSIGNED.encode())
+    h.update(pb.raw[start + SIG_HEX_LEN:])
+    return h.digest()
+
+
+def _tensor_raw(t) -> bytes:
+    import torch
+
+    t = t.detach().contiguous().cpu()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def serialize(tensors: dict, manifest: dict, private_key=None) -> bytes:
+    """Write a bundle (tensors: name -> torch tensor), then sign it in place.
+
+    The container is plain safetensors, written here rather than by ``safetensors.torch.save``
+    because signatures and golden vectors need byte-for-byte determinism, and safetensors keeps
+    ``__metadata__`` in a hash map whose order changes from run to run. Layout, as safetensors does
+    it: tensors ordered by element size (largest first) then name, header JSON padded with spaces
+    to a multiple of 8 bytes. Any safetensors reader loads the result.
+    """
+    from .core import st_dtype
+
+    meta = {MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":")), SIG_KEY: UNSIGNED}
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict = {"__metadata__": dict(sorted(meta.items()))}
+    chunks, pos = [], 0
+    for n in order:
+        raw = _tensor_raw(tensors[n])
+        header[n] = {"dtype": st_dtype(tensors[n].dtype), "shape": list(tensors[n].shape),
+                     "data_offsets": [pos, pos + len(raw)]}
+        chunks.append(raw)
+        pos += len(raw)
+    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    hb += b" " * (-len(hb) % 8)
+    raw = bytearray(struct.pack("<Q", len(hb)) + hb + b"".join(chunks))
+    if private_key is None:
+        return bytes(raw)
+    pb = parse(bytes(raw))
+    sig = private_key.sign(signing_digest(pb)).hex()
+    needle = f'"{SIG_KEY}":"{UNSIGNED}"'.encode()
+    at = raw.find(needle, 8, 8 + pb.header_len)
+    start = at + len(needle) - SIG_HEX_LEN - 1
+    raw[start:start + SIG_HEX_LEN] = sig.encode()
+    return bytes(raw)
+
+
+def verify_signature(pb: ParsedBundle, public_key) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    if not pb.signed:
+        raise BundleError("bundle is unsigned but a public key was given", code="unsigned")
+    try:
+        public_key.verify(bytes.fromhex(pb.signature_hex), signing_digest(pb))
+    except InvalidSignature:
+        raise BundleError("bundle signature does not verify with this public key (tampered or signed with another key)", code="bad_signature") from None
+
+
+def read_file(path) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"bundle file {p} does not exist", code="io")
+    return p.read_bytes()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

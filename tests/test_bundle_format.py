@@ -1,0 +1,210 @@
+"""Bundle container, signature and base binding, against the golden vectors (no exporter needed)."""
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from loragen_mobile.bundle import core
+from loragen_mobile.bundle import format as fmt
+from loragen_mobile.bundle.format import BundleError
+from loragen_mobile.bundle.keys import generate_keypair, key_id, load_private_key, load_public_key
+from loragen_mobile.errors import LoragenError
+
+GOLDEN = Path(__file__).parent / "golden"
+EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
+PUB = load_public_key(GOLDEN / "keys" / "public_key.pem")
+KEY = load_private_key(GOLDEN / "keys" / "signing_key.pem")
+
+
+def _art(backend):
+    return json.loads((GOLDEN / "artifacts" / f"{backend}.json").read_text())
+
+
+def _raw(name):
+    return (GOLDEN / "bundles" / f"{name}.bundle").read_bytes()
+
+
+def test_golden_vectors_are_current(tmp_path):
+    """Regenerating the vectors gives byte-identical files (the phones' tests read these)."""
+    subprocess.run([sys.executable, str(GOLDEN / "make_golden.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    ours = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(GOLDEN) for p in GOLDEN.rglob("*") if p.is_file() and p.suffix != ".py"
+                    and "__pycache__" not in p.parts)
+    assert ours == theirs
+    for rel in ours:
+        assert (tmp_path / rel).read_bytes() == (GOLDEN / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["bundles"]))
+def test_golden_verdicts(name):
+    e = EXPECTED["bundles"][name]
+    raw = _raw(name)
+    assert hashlib.sha256(raw).hexdigest() == e["sha256"] and len(raw) == e["size"]
+    art = json.loads((GOLDEN / e["artifact"]).read_text())
+    if e["verdict"] == "rejected":
+        with pytest.raises(BundleError) as err:
+            core.verify(raw, art, PUB)
+        assert err.value.code == e["code"] and str(err.value) == e["message"]
+        return
+    vb = core.verify(raw, art, PUB)
+    assert fmt.signing_digest(vb.parsed).hex() == e["signing_digest"]
+    base = load_file(str(GOLDEN / e["base"]))
+    new = core.swap_tensors(vb, base)
+    want = load_file(str(GOLDEN / e["expected"]))
+    assert new.keys() == want.keys() == e["swap_plan"].keys()
+    for p, t in new.items():
+        assert torch.equal(t, want[p]), p
+        assert core.tensor_sha256(t) == e["swap_plan"][p]["sha256"]
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx", "coreml"])
+def test_lora_kind_equals_merged_kind_within_fp16_rounding(backend):
+    art = _art(backend)
+    base = load_file(str(GOLDEN / "base" / f"{backend}.safetensors"))
+    merged = core.swap_tensors(core.verify(_raw(f"{backend}-merged"), art, PUB), base)
+    on_device = core.swap_tensors(core.verify(_raw(f"{backend}-lora"), art, PUB), base)
+    for p in merged:
+        d = (merged[p].float() - on_device[p].float()).abs()
+        if merged[p].dtype == torch.float32:
+            assert d.max().item() == 0.0  # same factors, same fp32 merge
+        else:
+            # factors shipped in fp16: the error of rounding A and B (relative 2^-11 each, on
+            # scale * |B| @ |A|) plus one fp16 rounding of the result
+            lora = core.verify(_raw(f"{backend}-lora"), art, PUB)
+            m = p[: -len(".weight")]
+            a, b = lora.parsed.tensor(f"{m}.lora_A").float(), lora.parsed.tensor(f"{m}.lora_B").float()
+            eps = torch.finfo(torch.float16).eps
+            bound = 2 * eps * lora.manifest["lora"]["scale"] * (b.abs() @ a.abs()) + eps * merged[p].float().abs()
+            assert (d <= bound).all(), p
+            assert (d > 0).any()  # the two kinds really took different rounding paths
+
+
+def test_merged_bundle_is_w_plus_scale_b_a():
+    art, base = _art("onnx"), load_file(str(GOLDEN / "base" / "onnx.safetensors"))
+    vb = core.verify(_raw("onnx-lora"), art, PUB)
+    new = core.swap_tensors(core.verify(_raw("onnx-merged"), art, PUB), base)
+    scale = vb.manifest["lora"]["scale"]
+    assert scale == 2.0
+    for p in new:
+        m = p[: -len(".weight")]
+        a, b = vb.parsed.tensor(f"{m}.lora_A").double(), vb.parsed.tensor(f"{m}.lora_B").double()
+        assert (new[p].double() - (base[p].double() + scale * b @ a)).abs().max().item() < 1e-5
+
+
+def test_unsigned_allowed_only_when_not_required():
+    raw, art = _raw("unsigned"), _art("executorch")
+    with pytest.raises(BundleError, match="public key is required") as e:
+        core.verify(raw, art, None)
+    assert e.value.code == "key_required"
+    vb = core.verify(raw, art, None, require_signature=False)
+    assert not vb.parsed.signed and vb.kind == "merged"
+
+
+def test_other_fingerprint_rejected():
+    art = _art("executorch")
+    art["fingerprint"] = "0" * 64
+    with pytest.raises(BundleError, match="bound to base fingerprint") as e:
+        core.verify(_raw("executorch-merged"), art, PUB)
+    assert e.value.code == "fingerprint"
+
+
+def _resign(manifest_edit=None, tensor_edit=None, backend="executorch"):
+    """A validly signed bundle whose content was changed before signing (a buggy or hostile server)."""
+    pb = fmt.parse(_raw(f"{backend}-merged"))
+    tensors = {n: pb.tensor(n) for n in pb.tensors}
+    manifest = json.loads(json.dumps(pb.manifest))
+    if tensor_edit:
+        tensor_edit(tensors, manifest)
+    if manifest_edit:
+        manifest_edit(manifest)
+    return fmt.serialize(tensors, manifest, KEY)
+
+
+def test_semantic_errors_of_signed_bundles():
+    art = _art("executorch")
+    p0 = "model.layers.0.mlp.up_proj.weight"
+
+    def drop(t, m):
+        del t[p0], m["tensors"][p0]
+
+    def extra(t, m):
+        t["model.layers.9.mlp.up_proj.weight"] = t[p0].clone()
+        m["tensors"]["model.layers.9.mlp.up_proj.weight"] = dict(m["tensors"][p0], param="model.layers.9.mlp.up_proj.weight")
+
+    def wrong_shape(t, m):
+        t[p0] = t[p0][:8].clone()
+        m["tensors"][p0].update(shape=[8, 8], sha256=core.tensor_sha256(t[p0]))
+
+    def wrong_dtype(t, m):
+        t[p0] = t[p0].half()
+        m["tensors"][p0].update(dtype="F16", sha256=core.tensor_sha256(t[p0]))
+
+    def wrong_digest(t, m):
+        t[p0] = t[p0] + 1
+
+    def wrong_slot(t, m):
+        m["tensors"][p0]["slot"]["key"] = "0" * 64
+
+    cases = [(drop, "missing_tensor", "missing tensor model.layers.0.mlp.up_proj.weight"),
+             (extra, "extra_tensor", "unexpected tensor model.layers.9"),
+             (wrong_shape, "shape", "shape [8, 8]"),
+             (wrong_dtype, "dtype", "dtype F16, the artifact's slot is F32"),
+             (wrong_digest, "digest", "does not match its sha256"),
+             (wrong_slot, "slot", "is addressed to slot")]
+    for edit, code, msg in cases:
+        with pytest.raises(BundleError) as e:
+            core.verify(_resign(tensor_edit=edit), art, PUB)
+        assert e.value.code == code and msg in str(e.value), (code, str(e.value))
+    with pytest.raises(BundleError, match="format_version 2") as e:
+        core.verify(_resign(manifest_edit=lambda m: m.update(format_version=2)), art, PUB)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_corruptions_fail_cleanly(data):
+    """Any corruption of a valid signed bundle: a clean BundleError, never another exception."""
+    name = data.draw(st.sampled_from(["executorch-merged", "coreml-lora", "onnx-merged"]))
+    raw = bytearray(_raw(name))
+    art = _art(name.split("-")[0])
+    how = data.draw(st.sampled_from(["flip", "truncate", "insert", "header-length"]))
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+    elif how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif how == "insert":
+        i = data.draw(st.integers(0, len(raw)))
+        raw[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        raw[:8] = struct.pack("<Q", data.draw(st.integers(0, 2 ** 64 - 1)))
+    if bytes(raw) == _raw(name):
+        return
+    with pytest.raises(BundleError):
+        core.verify(bytes(raw), art, PUB)
+
+
+def test_keygen_writes_a_working_pair(tmp_path):
+    kid = generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
+    assert kid == key_id(pub) and len(kid) == 16
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    pb = fmt.parse(_raw("unsigned"))
+    signed = fmt.serialize({n: pb.tensor(n) for n in pb.tensors}, pb.manifest, key)
+    core.verify(signed, _art("executorch"), pub)
+    with pytest.raises(LoragenError, match="already exists"):
+        generate_keypair(tmp_path / "k.pem", tmp_path / "k2.pub")
+    assert not (tmp_path / "k2.pub").exists()
+    with pytest.raises(LoragenError, match="not a PEM public key"):
+        (tmp_path / "bad.pub").write_text("nope")
+        load_public_key(tmp_path / "bad.pub")
