@@ -1,7 +1,10 @@
 import os
 import warnings
 
+from pathlib import Path
+
 import pytest
+import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -14,3 +17,55 @@ def preset_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("presets")
     return {p: init_model_dir(p, root / p, seed=0) for p in ("tiny-llama", "tiny-gemma")}
+
+
+# ------------------------------------------------------------------ exported artifacts, shared
+# XNNPACK lowering is the slow step (tens of seconds per export): every test module that needs an
+# exported artifact shares these session fixtures.
+
+from loragen_mobile.exporters import get_exporter  # noqa: E402
+from loragen_mobile.models import build_model, build_tokenizer  # noqa: E402
+
+PRESETS = ("tiny-llama", "tiny-gemma")
+MAX_CTX = 64
+
+
+def _make_model_dir(preset: str, out: Path) -> Path:
+    model = build_model(preset, seed=3)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (0.0 if preset == "tiny-gemma" else 1.0))
+    model.save_pretrained(out)
+    build_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("exporters")
+
+
+@pytest.fixture(scope="session")
+def model_dirs(workdir):
+    return {p: _make_model_dir(p, workdir / f"model-{p}") for p in PRESETS}
+
+
+@pytest.fixture(scope="session")
+def artifacts(workdir, model_dirs):
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(backend: str, preset: str) -> Path:
+        key = (backend, preset)
+        if key not in cache:
+            out = workdir / f"{backend}-{preset}"
+            get_exporter(backend).export(model_dirs[preset], out, max_context=MAX_CTX, progress=False)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+

@@ -35,32 +35,9 @@ def _artifact(artifact_dir):
 
 def read_base_tensors(artifact_dir) -> dict[str, torch.Tensor]:
     """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
-    from ..exporters import TORCH_DTYPES, sha256_bytes
+    from ..exporters import read_swap_tensors
 
-    art = _artifact(artifact_dir)
-    ptd_cache: dict[str, dict] = {}
-    out = {}
-    for s in art.slots:
-        path = art.path / s["file"]
-        if path.suffix == ".ptd":
-            if s["file"] not in ptd_cache:
-                from ..exporters.executorch import _entries, _read_ptd
-
-                ptd_cache[s["file"]] = _entries(_read_ptd(path))
-            entry = ptd_cache[s["file"]].get(s["key"])
-            if entry is None:
-                raise LoragenError(f"{path} has no tensor under key {s['key'][:16]}... for {s['name']}")
-            data = entry[0][: s["nbytes"]]
-        else:
-            with open(path, "rb") as f:
-                f.seek(int(s["offset"]))
-                data = f.read(int(s["nbytes"]))
-        if len(data) != s["nbytes"] or sha256_bytes(data) != s["sha256"]:
-            raise LoragenError(f"artifact {art.path}: the stored bytes of {s['name']} do not match artifact.json "
-                               "(the artifact was modified after export)")
-        t = torch.frombuffer(bytearray(data), dtype=TORCH_DTYPES[s["dtype"]]).reshape(s["shape"])
-        out[s["name"]] = t
-    return out
+    return read_swap_tensors(artifact_dir)
 
 
 def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,

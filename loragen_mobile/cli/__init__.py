@@ -18,6 +18,8 @@ VERBS = [
     "merge",
     "bench",
     "quickstart",
+    "export", "run", "validate",
+    "bundle",
 ]
 
 

@@ -9,11 +9,13 @@ from . import add_verb
 BENCHES = {
     "merge": "merge",
     "runtime": "runtime",
+    "bundle": "bundle",
 }
 
 EXAMPLES = """
   loragen bench merge --out bench-out/merge.json
   loragen bench merge --dtypes fp16 --repeats 3
+  loragen bench bundle --presets tiny-llama --backends executorch,onnx
 """
 
 

@@ -160,7 +160,9 @@ def generate(out: Path) -> None:
         else:
             new = core.swap_tensors(vb, base)
             entry.update(verdict="valid", kind=vb.kind, expected=f"expected/merged-{name}.safetensors",
-                         tolerance=0.0 if vb.kind == "merged" or art["precision"] == "fp32" else "fp16 rounding",
+                         tolerance=0.0 if vb.kind == "merged" else (
+                             "fp32 summation order: (r+2) * 2^-24 * (|W| + |scale| * |B| @ |A|)"
+                             if art["precision"] == "fp32" else "fp16 rounding of the factors"),
                          swap_plan={p: {**core._locator(core.slots_by_param(art)[p]),
                                         "sha256": core.tensor_sha256(t)} for p, t in sorted(new.items())})
             if vb.kind == "lora":

@@ -1,0 +1,132 @@
+"""Bundle sizes and times: bytes of each kind vs the artifact, build, verify, swap vs cold load.
+
+For each preset: export (or reuse with --artifacts-dir) ExecuTorch and ONNX artifacts, build a
+signed bundle of each kind for a rank-16 FFN LoRA, and time build, verify, the swap at load
+(open a runner with the bundle) and a cold load of the base artifact. The large shapes
+(tinyllama-1.1b, gemma-2b; random weights) take a long time to export on a laptop: they run only
+when named with --presets. Writes JSON and a PNG bar chart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--presets", default="tiny-llama,tiny-gemma",
+                   help="comma-separated presets (tiny-llama, tiny-gemma, tinyllama-1.1b, gemma-2b)")
+    p.add_argument("--backends", default="executorch,onnx")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--max-context", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run")
+    p.add_argument("--out", default="bench-out/bundle.json")
+
+
+def run(args) -> dict:
+    import tempfile
+
+    import torch
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from tqdm import tqdm
+
+    from ..bundle import build_bundle, bundle_swap, verify_bundle
+    from ..exporters import get_exporter
+    from ..lora import random_adapter
+    from ..models import build_model, init_model_dir, target_module_names
+    from . import machine_info, time_call, write_json
+
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key()
+    work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    result = {"bench": "bundle", "rank": args.rank, "machine": machine_info(), "results": {}}
+    jobs = [(p, b) for p in presets for b in backends]
+    for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
+        big = preset in ("tinyllama-1.1b", "gemma-2b")
+        model_dir = work / f"model-{preset}"
+        if not model_dir.exists():
+            init_model_dir(preset, model_dir, dtype=torch.float16 if big else torch.float32)
+        art = work / f"{backend}-{preset}"
+        if not art.exists():
+            get_exporter(backend).export(model_dir, art, max_context=args.max_context)
+        model = build_model(preset) if not big else None
+        if model is None:  # shapes only: a meta-device model is enough to size the adapter
+            from transformers import AutoModelForCausalLM
+
+            from ..models import preset_config
+
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(preset_config(preset))
+            shapes = {n: m.weight.shape for n, m in model.named_modules() if n in target_module_names(model)}
+            g = torch.Generator().manual_seed(0)
+            from ..lora import LoraAdapter
+
+            adapter = LoraAdapter({n: (torch.randn(args.rank, s[1], generator=g) * 0.01,
+                                       torch.randn(s[0], args.rank, generator=g) * 0.01) for n, s in shapes.items()},
+                                  r=args.rank, alpha=args.rank)
+        else:
+            adapter = random_adapter(model, target_module_names(model), r=args.rank, alpha=args.rank, seed=0)
+        exp = get_exporter(backend)
+        entry = {"artifact_bytes": sum(f.stat().st_size for f in art.rglob("*") if f.is_file())}
+        for kind in ("merged", "lora"):
+            raw = build_bundle(art, adapter, kind, private_key=key)
+            entry[kind] = {
+                "bytes": len(raw),
+                "build": time_call(lambda: build_bundle(art, adapter, kind, private_key=key), args.repeats),
+                "verify": time_call(lambda: verify_bundle(raw, art, pub), args.repeats),
+            }
+            vb = verify_bundle(raw, art, pub)
+
+            def swap_load():
+                r = exp.open_runner(art, swap=bundle_swap(vb, art))
+                r.prefill([1, 2, 3])
+
+            entry[kind]["swap_load"] = time_call(swap_load, args.repeats)
+
+        def cold():
+            r = exp.open_runner(art)
+            r.prefill([1, 2, 3])
+
+        entry["cold_load"] = time_call(cold, args.repeats)
+        entry["merged_over_lora_bytes"] = entry["merged"]["bytes"] / entry["lora"]["bytes"]
+        entry["artifact_over_merged_bytes"] = entry["artifact_bytes"] / entry["merged"]["bytes"]
+        result["results"].setdefault(preset, {})[backend] = entry
+    out = write_json(result, args.out)
+    _plot(result, Path(out).with_suffix(".png"))
+    for preset, per in result["results"].items():
+        for backend, e in per.items():
+            print(f"{preset}/{backend}: artifact {e['artifact_bytes'] / 1e6:.2f} MB, merged {e['merged']['bytes'] / 1e6:.3f} MB, "
+                  f"lora {e['lora']['bytes'] / 1e6:.3f} MB; verify {e['merged']['verify']['median_s'] * 1e3:.1f} ms; "
+                  f"swap+load {e['merged']['swap_load']['median_s'] * 1e3:.0f} ms vs cold {e['cold_load']['median_s'] * 1e3:.0f} ms")
+    print(f"wrote {out}")
+    return result
+
+
+def _plot(result, png):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, art, merged, lora = [], [], [], []
+    for preset, per in result["results"].items():
+        for backend, e in per.items():
+            labels.append(f"{preset}\n{backend}")
+            art.append(e["artifact_bytes"])
+            merged.append(e["merged"]["bytes"])
+            lora.append(e["lora"]["bytes"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 3.8))
+    x = range(len(labels))
+    for off, vals, name in ((-0.27, art, "artifact"), (0, merged, "merged bundle"), (0.27, lora, "lora bundle")):
+        ax.bar([i + off for i in x], vals, 0.27, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("bytes (log)")
+    ax.set_title(f"bundle size vs artifact (rank-{result['rank']} FFN LoRA)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

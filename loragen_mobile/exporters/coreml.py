@@ -1,0 +1,362 @@
+"""Core ML backend: ``model.mlpackage`` (ML program, iOS 18, stateful KV cache, fp16 by default).
+
+Export: :class:`~.common.StaticCacheLM` with the ``onehot`` cache update (Core ML has no
+``index_copy``) -> ``torch.export`` (dynamic token count 1..max_context) -> ``run_decompositions({})``
+-> drop ``aten.alias`` nodes -> ``ct.convert(..., minimum_deployment_target=iOS18,
+states=[k_cache_i, v_cache_i])``. One ``main`` function serves prefill and decode; the KV cache is a
+Core ML state (``ct.StateType``) the app creates with ``model.make_state()``.
+
+Swap slots are byte ranges of ``Data/com.apple.CoreML/weights/weight.bin``: the converter stores each
+Linear weight as a ``const`` op (named ``p_<param path>_to_fp16``) whose ``blobFileValue.offset``
+points at a 64-byte blob header ``{u32 0xDEADBEEF, u32 dtype, u64 size, u64 data_offset}``; the slot
+records ``offset`` (= data_offset), ``header_offset``, dtype and shape. Export checks that the stored
+bytes equal the parameter cast to the model precision, so a swap is just writing bytes there.
+
+Core ML cannot predict on Linux: ``open_runner`` raises a LoragenError off macOS, and ``validate``
+reads the package back (signature + every stored weight vs the PyTorch model) instead of running it.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LoragenError
+from ..fsutil import atomic_dir
+from . import (Artifact, Exporter, Runner, ValidationReport, check_fingerprint, check_identity,
+               check_max_context, check_swap, common_meta, copy_tokenizer, export_steps, make_slot,
+               read_artifact, sha256_bytes, sha256_file, swap_param_names, tensor_bytes, write_artifact_json)
+
+PACKAGE = "model.mlpackage"
+WEIGHTS = f"{PACKAGE}/Data/com.apple.CoreML/weights/weight.bin"
+SPEC = f"{PACKAGE}/Data/com.apple.CoreML/model.mlmodel"
+BLOB_MAGIC = 0xDEADBEEF
+_PREC = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def _norm(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _quiet():
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
+def _convert(model, max_context: int, precision: str):
+    import coremltools as ct
+    from torch.export import Dim
+
+    from .common import StaticCacheLM
+
+    w = StaticCacheLM(model.float(), max_context, update="onehot").eval()
+    seq = Dim("seq", min=1, max=max_context)
+    ids, pos = torch.zeros((1, 4), dtype=torch.long), torch.arange(4)
+    with torch.no_grad():
+        ep = torch.export.export(w, (ids, pos), dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+        ep = ep.run_decompositions({})
+    g = ep.graph
+    for n in list(g.nodes):
+        if n.op == "call_function" and n.target == torch.ops.aten.alias.default:
+            n.replace_all_uses_with(n.args[0])
+            g.erase_node(n)
+    ep.graph_module.recompile()
+    np_dtype = np.float16 if precision == "fp16" else np.float32
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(w, f"{k}_cache_{i}").shape), dtype=np_dtype),
+                           name=f"{k}_cache_{i}") for i in range(w.n_layers) for k in "kv"]
+    cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    try:
+        ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, states=states,
+                        outputs=[ct.TensorType(name="logits")], compute_precision=cp, skip_model_load=True)
+    except Exception as e:
+        raise LoragenError(f"coremltools conversion failed: {str(e).splitlines()[0]}") from None
+    return ml, w
+
+
+def blob_consts(spec) -> dict[str, dict]:
+    """const name -> {header_offset, shape, datatype} for every const stored in weight.bin."""
+    out = {}
+    for fname, f in spec.mlProgram.functions.items():
+        blk = f.block_specializations[f.opset]
+        for op in blk.operations:
+            if op.type != "const":
+                continue
+            v = op.attributes["val"]
+            if v.WhichOneof("value") != "blobFileValue":
+                continue
+            out[op.outputs[0].name] = {
+                "function": fname, "header_offset": int(v.blobFileValue.offset),
+                "shape": [int(d.constant.size) for d in v.type.tensorType.dimensions],
+            }
+    return out
+
+
+def read_blob_header(buf: bytes, header_offset: int) -> tuple[int, int, int]:
+    if header_offset + 24 > len(buf):
+        raise LoragenError(f"weight.bin is truncated (blob header at {header_offset})")
+    magic, dt, size, data_off = struct.unpack_from("<IIQQ", buf, header_offset)
+    if magic != BLOB_MAGIC:
+        raise LoragenError(f"weight.bin has no blob header at offset {header_offset}")
+    return dt, size, data_off
+
+
+def _signature(spec) -> dict:
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    names = {v: k for k, v in ft.ArrayFeatureType.ArrayDataType.items()}
+
+    def arr(t):
+        return {"dtype": names.get(t.dataType, str(t.dataType)).lower(), "shape": [int(s) for s in t.shape]}
+
+    d = spec.description
+    sig = {"inputs": [], "outputs": [], "states": []}
+    for i in d.input:
+        a = arr(i.type.multiArrayType)
+        ranges = [[int(r.lowerBound), int(r.upperBound)] for r in i.type.multiArrayType.shapeRange.sizeRanges]
+        sig["inputs"].append({"name": i.name, **a, "ranges": ranges})
+    for o in d.output:
+        sig["outputs"].append({"name": o.name, "dtype": arr(o.type.multiArrayType)["dtype"]})
+    for s in d.state:
+        sig["states"].append({"name": s.name, **arr(s.type.stateType.arrayType)})
+    return sig
+
+
+def _expected_signature(model, max_context: int, precision: str) -> dict:
+    from .common import _dims
+
+    L, _, kv, hd = _dims(model.config)
+    dt = "float16" if precision == "fp16" else "float32"
+    return {
+        "inputs": [{"name": "input_ids", "dtype": "int32", "ranges": [[1, 1], [1, max_context]]},
+                   {"name": "cache_position", "dtype": "int32", "ranges": [[1, max_context]]}],
+        "outputs": [{"name": "logits", "dtype": dt}],
+        "states": [{"name": f"{k}_cache_{i}", "dtype": dt, "shape": [1, kv, max_context, hd]}
+                   for i in range(L) for k in "kv"],
+    }
+
+
+class CoreMLRunner(Runner):  # pragma: no cover - needs macOS (Core ML framework)
+    def __init__(self, artifact: Artifact, swap):
+        super().__init__(artifact)
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(artifact.file(PACKAGE)))
+        self._reset()
+
+    def _reset(self):
+        self.state = self.model.make_state()
+
+    def _forward(self, ids, start):
+        x = {"input_ids": np.array([ids], dtype=np.int32),
+             "cache_position": np.arange(start, start + len(ids), dtype=np.int32)}
+        out = self.model.predict(x, state=self.state)
+        return torch.from_numpy(np.asarray(out["logits"][0], dtype=np.float32))
+
+
+class CoreMLExporter(Exporter):
+    name = "coreml"
+
+    def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype=None,
+               progress=True) -> Artifact:
+        from ..models import DEFAULT_TARGET_MODULES, load_model
+
+        _quiet()
+        targets = tuple(targets or DEFAULT_TARGET_MODULES)
+        dtype = dtype or "fp16"
+        if dtype not in _PREC:
+            raise LoragenError(f"coreml: unknown precision '{dtype}'; use fp16 or fp32")
+        if quantize is not None:
+            raise LoragenError(f"coreml: unsupported quantization '{quantize}' (only unquantized export is available)")
+        with atomic_dir(out_dir) as tmp, export_steps(4, "export coreml", progress) as bar:
+            bar.set_postfix_str("load")
+            model = load_model(model_dir, dtype=torch.float32)
+            max_context = check_max_context(max_context, model)
+            swap_names = swap_param_names(model, targets)
+            params = dict(model.named_parameters(remove_duplicate=False))
+            bar.update()
+
+            bar.set_postfix_str("torch.export + ct.convert")
+            ml, _ = _convert(model, max_context, dtype)
+            ml.save(str(tmp / PACKAGE))
+            bar.update()
+
+            bar.set_postfix_str("swap slots")
+            import coremltools as ct
+
+            spec = ct.utils.load_spec(str(tmp / PACKAGE))
+            consts = blob_consts(spec)
+            buf = (tmp / WEIGHTS).read_bytes()
+            tdt = _PREC[dtype]
+            suffix = "_to_fp16" if dtype == "fp16" else ""
+            slots = []
+            for n in swap_names:
+                cname = f"p_{_norm(n)}{suffix}"
+                if cname not in consts:
+                    raise LoragenError(f"coreml: weight {n} was not stored as const {cname} in weight.bin")
+                c = consts[cname]
+                _, size, off = read_blob_header(buf, c["header_offset"])
+                t = params[n].detach().to(tdt)
+                data = tensor_bytes(t)
+                if size != len(data) or buf[off:off + size] != data or c["shape"] != list(t.shape):
+                    raise LoragenError(f"coreml stored {n} in a different layout; cannot record a swap slot")
+                slots.append(make_slot(n, t, WEIGHTS, key=cname, offset=off, header_offset=c["header_offset"]))
+            bar.update()
+
+            bar.set_postfix_str("artifact.json")
+            sig = _signature(spec)
+            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets)
+            meta.update({
+                "deployment_target": "iOS18",
+                "model_format": "mlprogram",
+                "functions": ["main"],
+                "kv_cache": "Core ML states k_cache_{i}/v_cache_{i} [1, kv_heads, max_context, head_dim]",
+                "inputs": sig["inputs"], "outputs": sig["outputs"], "states": sig["states"],
+                "files": [PACKAGE],
+                "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
+                "swap_slots": slots,
+            })
+            meta["fingerprint"] = self.fingerprint(tmp, meta)
+            write_artifact_json(tmp, meta)
+            bar.update()
+        return read_artifact(out_dir, self.name)
+
+    def fingerprint(self, artifact_dir, meta) -> str:
+        d = Path(artifact_dir)
+        skip = [(s["offset"], s["nbytes"]) for s in meta["swap_slots"]]
+        return sha256_bytes(b"coreml\0", sha256_file(d / SPEC).encode(), sha256_file(d / WEIGHTS, skip).encode())
+
+    def open_runner(self, artifact_dir, swap=None) -> Runner:
+        art = read_artifact(artifact_dir, self.name)
+        swap = check_swap(art, swap)
+        if platform.system() != "Darwin":
+            raise LoragenError("Core ML models can only run on macOS/iOS; on this host use "
+                               "'loragen validate' (reads the package back) or the executorch/onnx backends")
+        if swap:  # pragma: no cover
+            raise LoragenError("coreml: use apply_swap to write a swapped package, then open that")
+        return CoreMLRunner(art, swap)  # pragma: no cover
+
+    def apply_swap(self, artifact_dir, swap, out_dir) -> Artifact:
+        art = read_artifact(artifact_dir, self.name)
+        swap = check_swap(art, swap)
+        if not swap:
+            raise LoragenError("apply_swap needs at least one tensor")
+        slots = [dict(s) for s in art.slots]
+        buf = art.file(WEIGHTS).read_bytes()
+        with atomic_dir(out_dir) as tmp:
+            self._copy_artifact(art, tmp)
+            with open(tmp / WEIGHTS, "r+b") as f:
+                for s in slots:
+                    if s["name"] not in swap:
+                        continue
+                    _, size, off = read_blob_header(buf, s["header_offset"])
+                    data = tensor_bytes(swap[s["name"]])
+                    if off != s["offset"] or size != len(data):
+                        raise LoragenError(f"weight.bin blob for {s['name']} does not match its slot; artifact is corrupt")
+                    f.seek(off)
+                    f.write(data)
+                    s["sha256"] = sha256_bytes(data)
+            meta = {k: v for k, v in art.meta.items() if k != "schema"}
+            meta["swap_slots"] = slots
+            meta["swapped_from"] = art.meta["fingerprint"]
+            write_artifact_json(tmp, meta)
+        return read_artifact(out_dir, self.name)
+
+    def read_weights(self, artifact_dir) -> dict[str, np.ndarray]:
+        """Every const of the ML program read back through coremltools' milproto loader."""
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.milproto.load import load as milload
+
+        _quiet()
+        d = Path(artifact_dir)
+        spec = ct.utils.load_spec(str(d / PACKAGE))
+        try:
+            prog = milload(spec, spec.specificationVersion,
+                           file_weights_dir=str(d / PACKAGE / "Data/com.apple.CoreML/weights"))
+        except Exception as e:
+            raise LoragenError(f"cannot read back {d / PACKAGE}: {str(e).splitlines()[0]}") from None
+        out = {}
+        for f in prog.functions.values():
+            for op in f.operations:
+                if op.op_type == "const" and op.outputs[0].val is not None:
+                    out[op.outputs[0].name] = np.asarray(op.outputs[0].val)
+        return out
+
+    def validate(self, artifact_dir, model_dir, *, steps: int = 8) -> ValidationReport:
+        import coremltools as ct
+
+        from ..models import load_model
+
+        art = read_artifact(artifact_dir, self.name)
+        model = load_model(model_dir, dtype=torch.float32)
+        prec = art.meta["precision"]
+        report = ValidationReport(str(art.path), self.name, prec)
+        check_identity(report, art, Path(model_dir), model)
+        check_fingerprint(report, self, art)
+
+        spec = ct.utils.load_spec(str(art.file(PACKAGE)))
+        sig, exp = _signature(spec), _expected_signature(model, art.meta["max_context"], prec)
+        for part in ("inputs", "outputs", "states"):
+            got = [{k: v for k, v in x.items() if k in e} for x, e in zip(sig[part], exp[part])]
+            ok = len(sig[part]) == len(exp[part]) and got == exp[part]
+            report.add(f"signature_{part}", ok, f"{len(sig[part])} {part} match the model" if ok
+                       else f"expected {exp[part]}, found {sig[part]}")
+
+        consts = self.read_weights(art.path)
+        tdt = _PREC[prec]
+        suffix = "_to_fp16" if prec == "fp16" else ""
+        aliases: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        seen, by_value, worst, bad, missing = set(), set(), 0.0, [], []
+        for name, p in model.named_parameters():
+            cands = [f"p_{_norm(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
+            cname = next((c for c in cands if c in consts), None)
+            want = p.detach().to(tdt).numpy()
+            if cname is None:
+                # Small parameters may be folded into a derived constant (Gemma's 1 + w norm, a
+                # cast): accept a stored constant equal to the parameter or to 1 + parameter.
+                derived = [want, (1.0 + p.detach().float()).to(tdt).numpy()]
+                if p.dim() == 1 and any(np.all(w == 1) for w in derived):
+                    by_value.add(name)  # a multiply by ones: the converter removes it (identity)
+                elif any(c.shape == want.shape and any(np.array_equal(c, w) for w in derived)
+                       for c in consts.values()):
+                    by_value.add(name)
+                else:
+                    missing.append(name)
+                continue
+            got = consts[cname]
+            if got.shape != want.shape:
+                bad.append(f"{name} shape {list(got.shape)} != {list(want.shape)}")
+                continue
+            d = float(np.abs(got.astype(np.float32) - want.astype(np.float32)).max()) if want.size else 0.0
+            worst = max(worst, d)
+            if d != 0.0:
+                bad.append(f"{name} differs by {d:.3g}")
+            seen.add(name)
+        report.add("weights_equal_model", not bad and len(seen) > 0,
+                   f"{len(seen)} stored weights equal the model cast to {prec}" if not bad
+                   else f"{len(bad)} weight(s) differ: {'; '.join(bad[:3])}", worst, 0.0)
+        n_total = len(seen) + len(by_value) + len(missing) + len(bad)
+        report.add("weights_present", not missing,
+                   f"all {n_total} parameters stored ({len(seen)} by name, {len(by_value)} folded or identity)"
+                   if not missing else f"missing from the package: {', '.join(missing[:3])}")
+        buf = art.file(WEIGHTS).read_bytes()
+        params = dict(model.named_parameters())
+        slot_bad = []
+        for s in art.slots:
+            _, size, off = read_blob_header(buf, s["header_offset"])
+            want = tensor_bytes(params[s["name"]].detach().to(tdt))
+            if off != s["offset"] or buf[off:off + size] != want:
+                slot_bad.append(s["name"])
+        report.add("swap_slots_bytes", not slot_bad,
+                   f"{len(art.slots)} slot byte ranges hold the model's weights" if not slot_bad
+                   else f"slot bytes differ from the model: {', '.join(slot_bad[:3])}")
+        return report
+
+
+EXPORTER = CoreMLExporter()

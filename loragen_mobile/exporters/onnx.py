@@ -1,0 +1,308 @@
+"""ONNX backend: ``model.onnx`` + ``model.onnx.data`` (foundation) + ``swap.onnx.data`` + genai config.
+
+Export: :class:`~.common.PastKVLM` through ``torch.onnx.export(..., dynamo=True, optimize=False)``
+so every initializer keeps its Hugging Face parameter name (``model.layers.0.mlp.up_proj.weight``,
+stored untransposed, ``[out, in]``). Inputs/outputs follow onnxruntime-genai/optimum naming:
+``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key/value`` in;
+``logits``, ``present.{i}.key/value`` out; sequence and past lengths are dynamic.
+
+Weights live in external data: the swap slots (LoRA target weights) in ``swap.onnx.data``, each at a
+64-byte aligned offset recorded in ``artifact.json``; all other large initializers in
+``model.onnx.data``. ``genai_config.json`` and the tokenizer files make the directory a valid
+onnxruntime-genai model folder (``og.Model(dir)``).
+
+Swapping:
+
+* ``open_runner(dir, swap=...)`` overrides the named initializers at session creation with
+  ``SessionOptions.add_external_initializers`` (nothing written);
+* ``apply_swap(dir, swap, out)`` copies the artifact and rewrites the new bytes in place at the
+  recorded offsets of ``swap.onnx.data``; the graph and ``model.onnx.data`` are untouched, so the
+  new directory also runs unmodified in onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LoragenError
+from ..fsutil import atomic_dir
+from . import (Artifact, Exporter, Runner, check_max_context, check_swap, common_meta, copy_tokenizer,
+               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file,
+               swap_param_names, tensor_bytes, write_artifact_json)
+
+MODEL = "model.onnx"
+FOUNDATION = "model.onnx.data"
+SWAP = "swap.onnx.data"
+GENAI = "genai_config.json"
+ALIGN = 64
+INLINE_LIMIT = 1024  # initializers smaller than this stay inside model.onnx
+
+_NP = {"float32": np.float32, "float16": np.float16}
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    ins = ["input_ids", "attention_mask", "position_ids"]
+    outs = ["logits"]
+    for i in range(n_layers):
+        ins += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        outs += [f"present.{i}.key", f"present.{i}.value"]
+    return ins, outs
+
+
+class ONNXRunner(Runner):
+    def __init__(self, artifact: Artifact, swap: dict[str, torch.Tensor], providers=None):
+        super().__init__(artifact)
+        import onnxruntime as ort
+
+        m = artifact.meta
+        self.n_layers, self.n_kv, self.head_dim = m["num_layers"], m["num_kv_heads"], m["head_dim"]
+        self.np_dtype = _NP[m["kv_dtype"]]
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        slots = artifact.slot_map
+        self._keep = []  # arrays must outlive the session
+        if swap:
+            names, values = [], []
+            for name, t in swap.items():
+                a = np.ascontiguousarray(t.numpy())
+                self._keep.append(a)
+                names.append(slots[name]["key"])
+                values.append(ort.OrtValue.ortvalue_from_numpy(a))
+            so.add_external_initializers(names, values)
+        try:
+            self.session = ort.InferenceSession(str(artifact.file(MODEL)), so,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:
+            raise LoragenError(f"onnxruntime cannot load {artifact.file(MODEL)}: {str(e).splitlines()[0]}") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._reset()
+
+    def _reset(self):
+        empty = np.zeros((1, self.n_kv, 0, self.head_dim), dtype=self.np_dtype)
+        self.past = [empty] * (2 * self.n_layers)
+
+    def _forward(self, ids, start):
+        s = len(ids)
+        feed = {"input_ids": np.array([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, start + s), dtype=np.int64),
+                "position_ids": np.arange(start, start + s, dtype=np.int64)[None]}
+        for i in range(self.n_layers):
+            feed[f"past_key_values.{i}.key"] = self.past[2 * i]
+            feed[f"past_key_values.{i}.value"] = self.past[2 * i + 1]
+        outs = self.session.run(None, feed)
+        self.past = list(outs[1:])
+        return torch.from_numpy(np.asarray(outs[0][0], dtype=np.float32))
+
+
+class ONNXExporter(Exporter):
+    name = "onnx"
+
+    def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
+               progress=True) -> Artifact:
+        from ..models import DEFAULT_TARGET_MODULES, load_model
+
+        targets = tuple(targets or DEFAULT_TARGET_MODULES)
+        if quantize is not None:
+            raise LoragenError(f"onnx: unsupported quantization '{quantize}' (only unquantized export is available)")
+        tdtype = resolve_precision(dtype)
+        with atomic_dir(out_dir) as tmp, export_steps(5, "export onnx", progress) as bar:
+            bar.set_postfix_str("load")
+            model = load_model(model_dir, dtype=tdtype)
+            max_context = check_max_context(max_context, model)
+            swap_names = swap_param_names(model, targets)
+            params = dict(model.named_parameters(remove_duplicate=False))
+            bar.update()
+
+            bar.set_postfix_str("torch.onnx.export")
+            from .common import PastKVLM
+
+            wrapper = PastKVLM(model).eval()
+            raw = tmp / "raw"
+            raw.mkdir()
+            _onnx_export(wrapper, raw / MODEL, max_context)
+            bar.update()
+
+            bar.set_postfix_str("split external data")
+            import onnx
+            from onnx.external_data_helper import set_external_data
+
+            proto = onnx.load(str(raw / MODEL), load_external_data=True)
+            inits = {i.name: i for i in proto.graph.initializer}
+            missing = [n for n in swap_names if n not in inits]
+            if missing:
+                raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
+            slots = []
+            with open(tmp / FOUNDATION, "wb") as fnd, open(tmp / SWAP, "wb") as swp:
+                for init in proto.graph.initializer:
+                    if not init.HasField("raw_data"):
+                        continue
+                    is_swap = init.name in swap_names
+                    if not is_swap and len(init.raw_data) < INLINE_LIMIT:
+                        continue
+                    f, loc = (swp, SWAP) if is_swap else (fnd, FOUNDATION)
+                    pad = (-f.tell()) % ALIGN
+                    f.write(b"\0" * pad)
+                    off = f.tell()
+                    data = init.raw_data
+                    if is_swap:
+                        t = params[init.name].detach()
+                        if bytes(data) != tensor_bytes(t) or list(init.dims) != list(t.shape):
+                            raise LoragenError(f"initializer {init.name} is not stored as the parameter "
+                                               f"(layout changed); cannot record a swap slot")
+                        slots.append(make_slot(init.name, t, SWAP, key=init.name, offset=off))
+                    f.write(data)
+                    set_external_data(init, location=loc, offset=off, length=len(data))
+                    init.ClearField("raw_data")
+                    init.data_location = onnx.TensorProto.EXTERNAL
+            onnx.save(proto, str(tmp / MODEL))
+            import shutil
+
+            shutil.rmtree(raw)
+            order = {n: i for i, n in enumerate(swap_names)}
+            slots.sort(key=lambda s: order[s["name"]])
+            bar.update()
+
+            bar.set_postfix_str("genai config")
+            cfg = model.config
+            n_layers, n_heads, n_kv, head_dim = _dims(cfg)
+            ins, outs = io_names(n_layers)
+            (tmp / GENAI).write_text(json.dumps(genai_config(cfg, max_context, head_dim), indent=2) + "\n")
+            tok_files = copy_tokenizer(Path(model_dir), tmp)
+            bar.update()
+
+            bar.set_postfix_str("artifact.json")
+            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets)
+            kvd = str(tdtype).replace("torch.", "")
+            meta.update({
+                "opset": int(proto.opset_import[0].version),
+                "graph_optimized": False,
+                "initializer_names": "Hugging Face parameter names (exported with optimize=False)",
+                "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "kv_dtype": kvd,
+                "inputs": [{"name": n, "dtype": "int64" if i < 3 else kvd} for i, n in enumerate(ins)],
+                "outputs": [{"name": n, "dtype": kvd} for n in outs],
+                "kv_cache": "past_key_values.{i}.key/value in, present.{i}.key/value out ([1, kv_heads, len, head_dim])",
+                "files": [MODEL, FOUNDATION, SWAP, GENAI],
+                "tokenizer_files": tok_files,
+                "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
+                               f"{SWAP} at the slot offsets",
+                "swap_slots": slots,
+            })
+            meta["fingerprint"] = self.fingerprint(tmp, meta)
+            write_artifact_json(tmp, meta)
+            bar.update()
+        return read_artifact(out_dir, self.name)
+
+    def fingerprint(self, artifact_dir, meta) -> str:
+        d = Path(artifact_dir)
+        return sha256_bytes(b"onnx\0", sha256_file(d / MODEL).encode(), sha256_file(d / FOUNDATION).encode())
+
+    def open_runner(self, artifact_dir, swap=None) -> Runner:
+        art = read_artifact(artifact_dir, self.name)
+        return ONNXRunner(art, check_swap(art, swap))
+
+    def apply_swap(self, artifact_dir, swap, out_dir) -> Artifact:
+        art = read_artifact(artifact_dir, self.name)
+        swap = check_swap(art, swap)
+        if not swap:
+            raise LoragenError("apply_swap needs at least one tensor")
+        slots = [dict(s) for s in art.slots]
+        size = art.file(SWAP).stat().st_size
+        with atomic_dir(out_dir) as tmp:
+            self._copy_artifact(art, tmp)
+            with open(tmp / SWAP, "r+b") as f:
+                for s in slots:
+                    if s["name"] not in swap:
+                        continue
+                    data = tensor_bytes(swap[s["name"]])
+                    if s["offset"] + len(data) > size or len(data) != s["nbytes"]:
+                        raise LoragenError(f"swap slot {s['name']} lies outside {art.file(SWAP)}; artifact is corrupt")
+                    f.seek(s["offset"])
+                    f.write(data)
+                    s["sha256"] = sha256_bytes(data)
+            meta = {k: v for k, v in art.meta.items() if k != "schema"}
+            meta["swap_slots"] = slots
+            meta["swapped_from"] = art.meta["fingerprint"]
+            write_artifact_json(tmp, meta)
+        return read_artifact(out_dir, self.name)
+
+
+def _dims(cfg):
+    from .common import _dims as d
+
+    return d(cfg)
+
+
+def genai_config(cfg, max_context: int, head_dim: int) -> dict:
+    n_layers = cfg.num_hidden_layers
+    eos = cfg.eos_token_id
+    return {
+        "model": {
+            "bos_token_id": cfg.bos_token_id,
+            "context_length": int(max_context),
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL,
+                "head_size": head_dim,
+                "hidden_size": cfg.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": cfg.num_attention_heads,
+                "num_hidden_layers": n_layers,
+                "num_key_value_heads": cfg.num_key_value_heads,
+            },
+            "eos_token_id": eos,
+            "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else eos,
+            "type": cfg.model_type,
+            "vocab_size": cfg.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+            "max_length": int(max_context), "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+        },
+    }
+
+
+def _onnx_export(wrapper, path: Path, max_context: int) -> None:
+    import warnings
+
+    from torch.export import Dim
+
+    n_layers, _, n_kv, head_dim = wrapper.n_layers, wrapper.n_heads, wrapper.n_kv, wrapper.head_dim
+    dtype = wrapper.lm_head.weight.dtype
+    s, p = 3, 5
+    ids = torch.zeros((1, s), dtype=torch.long)
+    mask = torch.ones((1, p + s), dtype=torch.long)
+    pos = torch.arange(p, p + s)[None]
+    past = [torch.zeros((1, n_kv, p, head_dim), dtype=dtype) for _ in range(2 * n_layers)]
+    ins, outs = io_names(n_layers)
+    seq, plen = Dim("seq", min=1, max=max_context), Dim("past", min=0, max=max_context)
+    dyn = {"input_ids": {1: seq}, "attention_mask": {1: plen + seq} if False else {1: Dim.AUTO},
+           "position_ids": {1: seq}, "past": [{2: plen} for _ in range(2 * n_layers)]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            prog = torch.onnx.export(wrapper, (ids, mask, pos, past), dynamo=True, optimize=False,
+                                     input_names=ins, output_names=outs, dynamic_shapes=dyn,
+                                     external_data=True, verbose=False)
+        except Exception as e:
+            raise LoragenError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
+    prog.save(str(path), external_data=True)
+
+
+EXPORTER = ONNXExporter()

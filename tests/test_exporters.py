@@ -1,0 +1,399 @@
+"""Exporters: ExecuTorch, ONNX (+ onnxruntime-genai) and Core ML for both tiny presets.
+
+Artifacts are exported once per session (XNNPACK lowering is the slow step) and shared.
+Models get larger random weights than the presets' init so greedy decoding is not degenerate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loragen_mobile.errors import LoragenError
+from loragen_mobile.exporters import get_exporter, read_artifact
+from loragen_mobile.exporters.common import Reference
+from loragen_mobile.models import build_model, build_tokenizer, load_model
+
+from conftest import MAX_CTX, PRESETS
+
+PROMPT = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111]
+N_NEW = 12
+
+
+def _hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+    m = load_model(model_dir, dtype=torch.float32)
+    out = m.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(ids):].tolist()
+
+
+def _tree_digest(d: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(d)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _new_weights(art_dir: Path, n: int = 3, seed: int = 11) -> dict[str, torch.Tensor]:
+    art = read_artifact(art_dir)
+    g = torch.Generator().manual_seed(seed)
+    names = [s["name"] for s in art.slots]
+    pick = [names[0], names[len(names) // 2], names[-1]][:n]
+    dt = {"float32": torch.float32, "float16": torch.float16}
+    return {s["name"]: (torch.randn(s["shape"], generator=g) * 0.2).to(dt[s["dtype"]])
+            for s in art.slots if s["name"] in pick}
+
+
+def _swapped_reference(model_dir: Path, swap: dict[str, torch.Tensor]):
+    m = load_model(model_dir, dtype=torch.float32)
+    params = dict(m.named_parameters())
+    with torch.no_grad():
+        for k, v in swap.items():
+            params[k].copy_(v.float())
+    return m
+
+
+def _logit_diffs(runner, ref: Reference, ids: list[int], steps: int = 8) -> list[float]:
+    ref.reset()
+    r = ref.step(ids)
+    a = runner.prefill(ids)
+    diffs = [float((a - r).abs().max())]
+    for _ in range(steps):
+        t = int(r[-1].argmax())
+        r = ref.step([t])
+        a = runner.decode(t)[None]
+        diffs.append(float((a - r).abs().max()))
+    return diffs
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_greedy_tokens_and_validate(backend, preset, artifacts, model_dirs):
+    a = artifacts(backend, preset)
+    art = read_artifact(a, backend)
+    assert art.meta["precision"] == "fp32" and art.meta["max_context"] == MAX_CTX
+    assert len(art.slots) == 3 * 4  # gate/up/down of 4 layers
+    want = _hf_greedy(model_dirs[preset], PROMPT, N_NEW)
+    assert len(set(want)) > 2  # the test model does not decode a single repeated token
+    runner = get_exporter(backend).open_runner(a)
+    assert runner.generate(PROMPT, N_NEW) == want
+    assert runner.generate(PROMPT, N_NEW) == want  # reset between generations
+    rep = get_exporter(backend).validate(a, model_dirs[preset])
+    assert rep.ok, rep.summary()
+    steps = [c for c in rep.checks if c.name.startswith("decode_step_")]
+    assert len(steps) >= 8
+    assert max(c.value for c in rep.checks if c.value is not None) <= 1e-4
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_onnxruntime_genai_matches_transformers(preset, artifacts, model_dirs):
+    import onnxruntime_genai as og
+
+    a = artifacts("onnx", preset)
+    model = og.Model(str(a))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(PROMPT) + N_NEW)
+    gen = og.Generator(model, params)
+    gen.append_tokens(PROMPT)
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == _hf_greedy(model_dirs[preset], PROMPT, N_NEW)
+    tok = og.Tokenizer(model)
+    assert list(tok.encode("Hi")) == build_tokenizer()("Hi", add_special_tokens=False)["input_ids"]
+
+
+# ----------------------------------------------------------------------------------------- swap
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_swap_runner_and_apply_swap_equal_eager(backend, preset, artifacts, model_dirs, workdir):
+    exp = get_exporter(backend)
+    a = artifacts(backend, preset)
+    before = _tree_digest(a)
+    swap = _new_weights(a)
+    ref = Reference(_swapped_reference(model_dirs[preset], swap))
+
+    d_open = _logit_diffs(exp.open_runner(a, swap=swap), ref, PROMPT)
+    assert max(d_open) <= 1e-4, d_open
+    # the base weights are still what a plain runner sees (nothing was written)
+    base = _logit_diffs(exp.open_runner(a), ref, PROMPT, steps=1)
+    assert max(base) > 1e-2
+
+    out = workdir / f"{backend}-{preset}-swapped"
+    new = exp.apply_swap(a, swap, out)
+    assert _tree_digest(a) == before  # source untouched
+    assert new.meta["fingerprint"] == read_artifact(a).meta["fingerprint"]
+    assert new.meta["swapped_from"] == read_artifact(a).meta["fingerprint"]
+    for s in new.slots:
+        if s["name"] in swap:
+            assert s["sha256"] == hashlib.sha256(swap[s["name"]].numpy().tobytes()).hexdigest()
+    d_apply = _logit_diffs(exp.open_runner(out), ref, PROMPT)
+    assert max(d_apply) <= 1e-4, d_apply
+    want = ref.generate(PROMPT, N_NEW)
+    assert exp.open_runner(out).generate(PROMPT, N_NEW) == want
+
+    # the swapped artifact no longer matches the base model: validate says so (fingerprint still fine)
+    rep = exp.validate(out, model_dirs[preset])
+    assert not rep.ok
+    checks = {c.name: c for c in rep.checks}
+    assert checks["fingerprint"].ok and not checks["prefill_logits"].ok
+
+    if backend == "onnx":  # the rewritten external data runs unmodified in onnxruntime-genai
+        import onnxruntime_genai as og
+
+        model = og.Model(str(out))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(PROMPT) + N_NEW)
+        gen = og.Generator(model, params)
+        gen.append_tokens(PROMPT)
+        got = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            got.append(int(gen.get_next_tokens()[0]))
+        assert got == want
+
+
+def test_swap_is_checked(artifacts, workdir):
+    exp = get_exporter("executorch")
+    a = artifacts("executorch", "tiny-llama")
+    slot = read_artifact(a).slots[0]
+    good = torch.zeros(slot["shape"])
+    with pytest.raises(LoragenError, match="not a swap slot"):
+        exp.open_runner(a, swap={"model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 128)})
+    with pytest.raises(LoragenError, match="shape"):
+        exp.open_runner(a, swap={slot["name"]: good.T.contiguous()})
+    with pytest.raises(LoragenError, match="dtype"):
+        get_exporter("onnx").apply_swap(artifacts("onnx", "tiny-llama"), {slot["name"]: good.half()}, workdir / "x")
+    with pytest.raises(LoragenError, match="NaN"):
+        exp.apply_swap(a, {slot["name"]: torch.full(slot["shape"], float("nan"))}, workdir / "y")
+    assert not (workdir / "x").exists() and not (workdir / "y").exists()
+    with pytest.raises(LoragenError, match="already exists"):
+        exp.apply_swap(a, {slot["name"]: good}, a)
+
+
+def test_swap_slots_schema(artifacts, model_dirs):
+    from loragen_mobile.exporters import read_swap_tensors
+
+    params = dict(load_model(model_dirs["tiny-gemma"], dtype=torch.float32).named_parameters())
+    for backend in ("executorch", "onnx", "coreml"):
+        stored = read_swap_tensors(artifacts(backend, "tiny-gemma"))
+        assert len(stored) == 12
+        for n, t in stored.items():
+            assert torch.equal(t, params[n].detach().to(t.dtype))
+    for backend in ("executorch", "onnx"):
+        art = read_artifact(artifacts(backend, "tiny-gemma"))
+        slots = get_exporter(backend).swap_slots(art)
+        names = [s["name"] for s in slots]
+        assert names[:3] == [f"model.layers.0.mlp.{m}_proj.weight" for m in ("gate", "up", "down")]
+        m = build_model("tiny-gemma")
+        shapes = dict((n, list(p.shape)) for n, p in m.named_parameters())
+        for s in slots:
+            assert s["shape"] == shapes[s["name"]] and s["dtype"] == "float32"
+            assert s["nbytes"] == 4 * int(np.prod(s["shape"]))
+        if backend == "executorch":
+            assert all(s["key"] == s["sha256"] for s in slots) and len({s["key"] for s in slots}) == len(slots)
+        else:
+            assert all(s["key"] == s["name"] and s["offset"] % 64 == 0 for s in slots)
+
+
+# --------------------------------------------------------------------------------------- corrupt
+
+
+def test_corrupted_weights_fail_validate(artifacts, model_dirs, workdir):
+    # ONNX: corrupt one swappable weight (fingerprint stays, logits fail)
+    src = artifacts("onnx", "tiny-llama")
+    bad = workdir / "onnx-corrupt"
+    shutil.copytree(src, bad)
+    s = read_artifact(bad).slots[4]
+    with open(bad / s["file"], "r+b") as f:
+        f.seek(s["offset"] + 400)
+        f.write(np.full(16, 3.0, dtype=np.float32).tobytes())
+    rep = get_exporter("onnx").validate(bad, model_dirs["tiny-llama"])
+    checks = {c.name: c for c in rep.checks}
+    assert not rep.ok and checks["fingerprint"].ok and not checks["prefill_logits"].ok
+    assert checks["prefill_logits"].value > 1e-3
+
+    # ExecuTorch: corrupt a foundation weight (embedding): fingerprint and logits fail
+    from loragen_mobile.exporters.executorch import FOUNDATION, _entries, _read_ptd, _write_ptd
+
+    src = artifacts("executorch", "tiny-llama")
+    bad = workdir / "et-corrupt"
+    shutil.copytree(src, bad)
+    entries = _entries(_read_ptd(bad / FOUNDATION))
+    key = next(k for k in entries if "embed_tokens" in k)
+    data, layout, align = entries[key]
+    arr = np.frombuffer(data, dtype=np.float32).copy()
+    arr[: 128 * 80] += 0.5
+    entries[key] = (arr.tobytes(), layout, align)
+    _write_ptd(entries, bad / FOUNDATION)
+    rep = get_exporter("executorch").validate(bad, model_dirs["tiny-llama"])
+    checks = {c.name: c for c in rep.checks}
+    assert not rep.ok and not checks["fingerprint"].ok and not checks["prefill_logits"].ok
+
+    # CLI: exit status 1 and a JUnit report with one failing testcase per failed check
+    from loragen_mobile.cli import main
+
+    junit = workdir / "et-corrupt.xml"
+    assert main(["validate", "--artifact", str(bad), "--model", str(model_dirs["tiny-llama"]),
+                 "--junit", str(junit)]) == 1
+    root = ET.parse(junit).getroot()
+    assert int(root.get("failures")) == sum(not c.ok for c in rep.checks) >= 2
+
+
+# ---------------------------------------------------------------------------------------- Core ML
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_coreml_export_validate_and_swap(preset, artifacts, model_dirs, workdir):
+    from loragen_mobile.exporters.coreml import WEIGHTS
+
+    exp = get_exporter("coreml")
+    a = artifacts("coreml", preset)
+    art = read_artifact(a, "coreml")
+    assert art.meta["precision"] == "fp16" and art.meta["deployment_target"] == "iOS18"
+    assert [s["name"] for s in art.meta["states"]][:2] == ["k_cache_0", "v_cache_0"]
+    rep = exp.validate(a, model_dirs[preset])
+    assert rep.ok, rep.summary()
+    with pytest.raises(LoragenError, match="macOS"):
+        exp.open_runner(a)
+
+    swap = _new_weights(a)
+    before = _tree_digest(a)
+    out = workdir / f"coreml-{preset}-swapped"
+    new = exp.apply_swap(a, swap, out)
+    assert _tree_digest(a) == before
+    assert new.meta["fingerprint"] == art.meta["fingerprint"]
+    # a fresh conversion of the model with the same replaced weights gives the same weight.bin bytes
+    m = _swapped_reference(model_dirs[preset], swap)
+    mdir = workdir / f"model-{preset}-swapped"
+    m.save_pretrained(mdir)
+    build_tokenizer().save_pretrained(mdir)
+    fresh = exp.export(mdir, workdir / f"coreml-{preset}-fresh", max_context=MAX_CTX, progress=False)
+    assert (out / WEIGHTS).read_bytes() == (fresh.path / WEIGHTS).read_bytes()
+    assert exp.validate(out, mdir).ok
+    # ... and the swapped package no longer matches the original model
+    rep = exp.validate(out, model_dirs[preset])
+    checks = {c.name: c for c in rep.checks}
+    assert checks["fingerprint"].ok and not checks["weights_equal_model"].ok and not checks["swap_slots_bytes"].ok
+
+
+def test_coreml_corrupt_foundation_fails(artifacts, model_dirs, workdir):
+    from loragen_mobile.exporters.coreml import WEIGHTS
+
+    a = artifacts("coreml", "tiny-llama")
+    bad = workdir / "coreml-corrupt"
+    shutil.copytree(a, bad)
+    import coremltools as ct
+
+    from loragen_mobile.exporters.coreml import PACKAGE, blob_consts, read_blob_header
+
+    consts = blob_consts(ct.utils.load_spec(str(bad / PACKAGE)))
+    buf = (bad / WEIGHTS).read_bytes()
+    _, _, off = read_blob_header(buf, consts["p_model_layers_0_self_attn_o_proj_weight_to_fp16"]["header_offset"])
+    off += 256  # o_proj is not a swap slot
+    with open(bad / WEIGHTS, "r+b") as f:
+        f.seek(off)
+        f.write(np.full(8, 7.0, dtype=np.float16).tobytes())
+    rep = get_exporter("coreml").validate(bad, model_dirs["tiny-llama"])
+    checks = {c.name: c for c in rep.checks}
+    assert not checks["fingerprint"].ok and not checks["weights_equal_model"].ok
+    assert checks["weights_equal_model"].value == pytest.approx(7.0, abs=1.0)
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_artifacts_raise_clear_errors(artifacts, workdir, model_dirs):
+    exp = get_exporter("onnx")
+    with pytest.raises(LoragenError, match="does not exist"):
+        exp.open_runner(workdir / "nope")
+    with pytest.raises(LoragenError, match="artifact.json is missing"):
+        exp.open_runner(model_dirs["tiny-llama"])
+    bad = workdir / "onnx-badjson"
+    shutil.copytree(artifacts("onnx", "tiny-llama"), bad)
+    (bad / "artifact.json").write_text("{not json")
+    with pytest.raises(LoragenError, match="not valid JSON"):
+        exp.open_runner(bad)
+    meta = read_artifact(artifacts("onnx", "tiny-llama")).meta
+    (bad / "artifact.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "swap_slots"}))
+    with pytest.raises(LoragenError, match="missing field"):
+        exp.validate(bad, model_dirs["tiny-llama"])
+    (bad / "artifact.json").write_text(json.dumps(meta))
+    (bad / "swap.onnx.data").unlink()
+    with pytest.raises(LoragenError, match="incomplete"):
+        exp.open_runner(bad)
+    with pytest.raises(LoragenError, match="is a 'onnx' artifact"):
+        get_exporter("executorch").open_runner(artifacts("onnx", "tiny-llama"))
+    with pytest.raises(LoragenError, match="unknown backend"):
+        get_exporter("tflite")
+    with pytest.raises(LoragenError, match="already exists"):
+        exp.export(model_dirs["tiny-llama"], artifacts("onnx", "tiny-llama"))
+    with pytest.raises(LoragenError, match="does not exist"):
+        exp.export(workdir / "no-model", workdir / "never")
+    assert not (workdir / "never").exists()
+    runner = exp.open_runner(artifacts("onnx", "tiny-llama"))
+    with pytest.raises(LoragenError, match="max context"):
+        runner.generate(PROMPT, MAX_CTX)
+    with pytest.raises(LoragenError, match="token ids"):
+        runner.prefill([1, 100000])
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_export_recipe_run_validate(model_dirs, workdir, capsys):
+    from loragen_mobile.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "export" / "tiny-llama" / "onnx.yaml"
+    out = workdir / "cli-onnx"
+    assert main(["export", "--recipe", str(recipe), "--model", str(model_dirs["tiny-llama"]), "--out", str(out),
+                 "--max-context", str(MAX_CTX), "--no-progress"]) == 0
+    art = read_artifact(out, "onnx")
+    assert art.meta["max_context"] == MAX_CTX
+    capsys.readouterr()
+    assert main(["run", "--artifact", str(out), "--prompt", "Hello, wo", "--max-new-tokens", str(N_NEW),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ids = build_tokenizer()("Hello, wo")["input_ids"]
+    assert res["prompt_ids"] == ids and ids[0] == 1 and len(ids) == 10
+    assert res["tokens"] == _hf_greedy(model_dirs["tiny-llama"], ids, N_NEW)
+    assert res["text"] == build_tokenizer().decode(res["tokens"])
+    js, junit = workdir / "v.json", workdir / "v.xml"
+    assert main(["validate", "--artifact", str(out), "--model", str(model_dirs["tiny-llama"]), "--json", str(js),
+                 "--junit", str(junit)]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["ok"] and len(rep["checks"]) == 12
+    root = ET.parse(junit).getroot()
+    assert root.get("failures") == "0" and len(root.findall("testcase")) == 12
+    # bad recipe and contradicting options are one-line errors (exit 2)
+    bad = workdir / "bad.yaml"
+    bad.write_text("backend: onnx\nmax_ctx: 3\n")
+    assert main(["export", "--recipe", str(bad), "--model", str(model_dirs["tiny-llama"]),
+                 "--out", str(workdir / "z")]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert main(["run", "--artifact", str(workdir / "missing"), "--prompt", "x"]) == 2
+
+
+def test_recipes_are_valid():
+    from loragen_mobile.exporters import load_recipe
+
+    root = Path(__file__).resolve().parents[1] / "export"
+    recipes = sorted(root.glob("*/*.yaml"))
+    assert len(recipes) >= 6
+    for r in recipes:
+        rec = load_recipe(r)
+        assert rec["backend"] in ("executorch", "onnx", "coreml")
+        assert rec["model"]["preset"] == r.parent.name
