@@ -421,6 +421,21 @@ class Exporter:
     def open_runner(self, artifact_dir, swap: dict[str, torch.Tensor] | None = None) -> Runner:
         raise NotImplementedError
 
+    @staticmethod
+    def _load_for_export(model_dir, dtype: torch.dtype, max_context: int, targets):
+        """The export's first step, shared by every backend: (model, max_context, swap names, params)."""
+        from ..models import load_model
+
+        model = load_model(model_dir, dtype=dtype)
+        max_context = check_max_context(max_context, model)
+        return (model, max_context, swap_param_names(model, targets),
+                dict(model.named_parameters(remove_duplicate=False)))
+
+    def _finish_export(self, tmp: Path, meta: dict) -> None:
+        """The export's last step, shared by every backend: fingerprint, then artifact.json."""
+        meta["fingerprint"] = self.fingerprint(tmp, meta)
+        write_artifact_json(tmp, meta)
+
     def apply_swap(self, artifact_dir, swap: dict[str, torch.Tensor], out_dir) -> Artifact:
         raise NotImplementedError
 

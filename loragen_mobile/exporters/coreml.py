@@ -27,9 +27,8 @@ import torch
 
 from ..errors import LoragenError
 from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, ValidationReport, check_fingerprint, check_identity,
-               check_max_context, check_swap, common_meta, copy_tokenizer, export_steps, make_slot,
-               read_artifact, sha256_bytes, sha256_file, swap_param_names, tensor_bytes, write_artifact_json)
+from . import (Artifact, Exporter, Runner, ValidationReport, check_fingerprint, check_identity, check_swap, common_meta, copy_tokenizer, export_steps, make_slot,
+               read_artifact, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
 
 PACKAGE = "model.mlpackage"
 WEIGHTS = f"{PACKAGE}/Data/com.apple.CoreML/weights/weight.bin"
@@ -163,7 +162,7 @@ class CoreMLExporter(Exporter):
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype=None,
                progress=True) -> Artifact:
-        from ..models import DEFAULT_TARGET_MODULES, load_model
+        from ..models import DEFAULT_TARGET_MODULES
 
         _quiet()
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
@@ -174,10 +173,7 @@ class CoreMLExporter(Exporter):
             raise LoragenError(f"coreml: unsupported quantization '{quantize}' (only unquantized export is available)")
         with atomic_dir(out_dir) as tmp, export_steps(4, "export coreml", progress) as bar:
             bar.set_postfix_str("load")
-            model = load_model(model_dir, dtype=torch.float32)
-            max_context = check_max_context(max_context, model)
-            swap_names = swap_param_names(model, targets)
-            params = dict(model.named_parameters(remove_duplicate=False))
+            model, max_context, swap_names, params = self._load_for_export(model_dir, torch.float32, max_context, targets)
             bar.update()
 
             bar.set_postfix_str("torch.export + ct.convert")
@@ -220,8 +216,7 @@ class CoreMLExporter(Exporter):
                 "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
                 "swap_slots": slots,
             })
-            meta["fingerprint"] = self.fingerprint(tmp, meta)
-            write_artifact_json(tmp, meta)
+            self._finish_export(tmp, meta)
             bar.update()
         return read_artifact(out_dir, self.name)
 

@@ -23,9 +23,8 @@ import torch
 
 from ..errors import LoragenError
 from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, check_max_context, check_swap, common_meta, copy_tokenizer,
-               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file,
-               swap_param_names, tensor_bytes, write_artifact_json)
+from . import (Artifact, Exporter, Runner, check_swap, common_meta, copy_tokenizer,
+               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
 
 PTE = "model.pte"
 FOUNDATION = "foundation.ptd"
@@ -124,7 +123,7 @@ class ExecuTorchExporter(Exporter):
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
                progress=True) -> Artifact:
-        from ..models import DEFAULT_TARGET_MODULES, load_model
+        from ..models import DEFAULT_TARGET_MODULES
 
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
         if quantize not in QUANTIZE:
@@ -132,10 +131,7 @@ class ExecuTorchExporter(Exporter):
         tdtype = resolve_precision(dtype)
         with atomic_dir(out_dir) as tmp, export_steps(6, "export executorch", progress) as bar:
             bar.set_postfix_str("load")
-            model = load_model(model_dir, dtype=tdtype)
-            max_context = check_max_context(max_context, model)
-            swap_names = swap_param_names(model, targets)
-            params = dict(model.named_parameters(remove_duplicate=False))
+            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets)
             bar.update()
 
             bar.set_postfix_str("torch.export")
@@ -213,8 +209,7 @@ class ExecuTorchExporter(Exporter):
                 "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
                 "swap_slots": slots,
             })
-            meta["fingerprint"] = self.fingerprint(tmp, meta)
-            write_artifact_json(tmp, meta)
+            self._finish_export(tmp, meta)
             bar.update()
         return read_artifact(out_dir, self.name)
 

@@ -30,9 +30,8 @@ import torch
 
 from ..errors import LoragenError
 from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, check_max_context, check_swap, common_meta, copy_tokenizer,
-               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file,
-               swap_param_names, tensor_bytes, write_artifact_json)
+from . import (Artifact, Exporter, Runner, check_swap, common_meta, copy_tokenizer,
+               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
 
 MODEL = "model.onnx"
 FOUNDATION = "model.onnx.data"
@@ -103,7 +102,7 @@ class ONNXExporter(Exporter):
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
                progress=True) -> Artifact:
-        from ..models import DEFAULT_TARGET_MODULES, load_model
+        from ..models import DEFAULT_TARGET_MODULES
 
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
         if quantize is not None:
@@ -111,10 +110,7 @@ class ONNXExporter(Exporter):
         tdtype = resolve_precision(dtype)
         with atomic_dir(out_dir) as tmp, export_steps(5, "export onnx", progress) as bar:
             bar.set_postfix_str("load")
-            model = load_model(model_dir, dtype=tdtype)
-            max_context = check_max_context(max_context, model)
-            swap_names = swap_param_names(model, targets)
-            params = dict(model.named_parameters(remove_duplicate=False))
+            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets)
             bar.update()
 
             bar.set_postfix_str("torch.onnx.export")
@@ -191,8 +187,7 @@ class ONNXExporter(Exporter):
                                f"{SWAP} at the slot offsets",
                 "swap_slots": slots,
             })
-            meta["fingerprint"] = self.fingerprint(tmp, meta)
-            write_artifact_json(tmp, meta)
+            self._finish_export(tmp, meta)
             bar.update()
         return read_artifact(out_dir, self.name)
 
