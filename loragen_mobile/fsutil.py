@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -51,3 +52,14 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_json_object(path: Path) -> dict:
+    """Parse a JSON file that must hold an object; a one-line LoragenError otherwise."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoragenError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise LoragenError(f"{path} must hold a JSON object")
+    return doc

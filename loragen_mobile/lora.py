@@ -7,7 +7,6 @@ with scale = alpha / r. Module names are fully qualified (``model.layers.0.mlp.u
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import LoragenError
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -106,10 +105,7 @@ def load_peft_adapter(path: str | os.PathLike) -> LoraAdapter:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise LoragenError(f"{d} is not a PEFT adapter directory: {p.name} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoragenError(f"{cfg_path} is not valid JSON: {e}") from None
+    cfg = read_json_object(cfg_path)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise LoragenError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
     for unsupported in ("rank_pattern", "alpha_pattern"):

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from .errors import LoragenError
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("gemma", "llama")
 
@@ -171,10 +171,7 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise LoragenError(f"{d} is not a Hugging Face model directory: {cfg_path} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoragenError(f"{cfg_path} is not valid JSON: {e}") from None
+    cfg = read_json_object(cfg_path)
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise LoragenError(

@@ -84,3 +84,9 @@ def test_init_model_refuses_existing_dir(tmp_path):
         models.init_model_dir("tiny-llama", tmp_path / "x")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_config_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(LoragenError, match="must hold a JSON object"):
+        models.load_model(tmp_path)

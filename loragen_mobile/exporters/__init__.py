@@ -35,6 +35,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import LoragenError
+from ..fsutil import read_json_object
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_SCHEMA = "loragen-mobile/artifact/v1"
@@ -92,12 +93,7 @@ def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -
     f = d / ARTIFACT_FILE
     if not f.is_file():
         raise LoragenError(f"{d} is not an exported artifact: {ARTIFACT_FILE} is missing")
-    try:
-        meta = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoragenError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise LoragenError(f"{f} must hold a JSON object")
+    meta = read_json_object(f)
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise LoragenError(f"{f} is missing field(s) {', '.join(missing)}")
