@@ -69,3 +69,35 @@ def artifacts(workdir, model_dirs):
     return get
 
 
+
+
+# ------------------------------------------------------------------ a small trained generator
+# Mechanics tests (shapes, gradients, exactness, adapters, bundles, the service) share one
+# generator trained for a few steps on a slice of both suites; accuracy is measured by
+# `loragen eval` (docs/results.md), not here.
+
+GEN_OVERRIDES = {"max_steps": 4, "tasks_per_step": 4, "examples_per_task": 2, "save_every": 2,
+                 "warmup_steps": 2, "max_length": 320, "expert_rank": 4, "expert_alpha": 4}
+
+
+@pytest.fixture(scope="session")
+def gen_data(tmp_path_factory):
+    from loragen_mobile.data import group_by_task, make_suite, write_jsonl
+
+    recs = []
+    for suite in ("reasoning", "tools"):
+        groups = group_by_task(make_suite(suite, "train", seed=0, per_task=4))
+        for task_recs in list(groups.values())[:6]:
+            recs += task_recs
+    path = tmp_path_factory.mktemp("gen-data") / "train.jsonl"
+    write_jsonl(recs, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def generator_run(tmp_path_factory, preset_dirs, gen_data):
+    from loragen_mobile.generator import load_config, train
+
+    out = tmp_path_factory.mktemp("gen-run") / "run"
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml", GEN_OVERRIDES)
+    return train(cfg, preset_dirs["tiny-llama"], gen_data, out, progress=False)

@@ -72,11 +72,7 @@ def build_bundle_cli(artifact_dir, out, kind: str, adapter_dir=None, generator_d
     else:
         if not task:
             raise LoragenError("--generator needs --task \"<task description>\"")
-        try:
-            from ..generator import generate_adapter, load_generator
-        except ImportError:
-            raise LoragenError("--generator needs the LoRA-Gen generator, which this installation does not have yet; "
-                               "use --adapter ADAPTER_DIR") from None
+        from ..generator import generate_adapter, load_generator
 
         gen = load_generator(generator_dir)
         adapter = generate_adapter(gen, task)

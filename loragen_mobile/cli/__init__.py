@@ -15,6 +15,7 @@ from ..errors import LoragenError
 # Verb modules, in the order `loragen --help` lists them.
 VERBS = [
     "init_model",
+    "data", "train_edge", "train", "generate", "eval",
     "merge",
     "bench",
     "quickstart",

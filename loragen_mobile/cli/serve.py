@@ -1,0 +1,45 @@
+"""loragen serve: the HTTP service that turns a task description into a signed bundle."""
+
+from . import add_verb
+
+EXAMPLES = """
+  loragen serve --generator runs/gen --artifact art/tl-et --artifact art/tl-onnx \\
+      --sign-key keys/server.pem --store bundles/ --port 8080 --api-keys keys/api.json
+  loragen serve --api-keys keys/api.json --add-api-key phone-app --key-artifacts tl-et   # prints the key once
+"""
+
+
+def register(sub):
+    p = add_verb(sub, "serve", "serve specializations over HTTP (FastAPI; OpenAPI at /openapi.json)", EXAMPLES)
+    p.add_argument("--generator", help="trained generator run directory")
+    p.add_argument("--artifact", action="append", default=[], help="base artifact directory (repeatable)")
+    p.add_argument("--sign-key", help="Ed25519 private key (PEM) that signs every bundle")
+    p.add_argument("--store", help="bundle store directory (created if missing)")
+    p.add_argument("--store-max-mb", type=float, help="evict least recently used bundles above this size")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-keys", help="API keys file (hashed keys); without it every request is accepted")
+    p.add_argument("--max-task-bytes", type=int, default=32 * 1024)
+    p.add_argument("--add-api-key", metavar="NAME", help="create a key in --api-keys, print it once, and exit")
+    p.add_argument("--key-artifacts", default="*", help="with --add-api-key: comma-separated artifact names or fingerprints")
+    p.add_argument("--key-rate", type=float, default=60, help="with --add-api-key: requests per minute")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..errors import LoragenError
+    from ..service import ServiceConfig, add_api_key, serve
+
+    if args.add_api_key:
+        if not args.api_keys:
+            raise LoragenError("--add-api-key needs --api-keys FILE")
+        key = add_api_key(args.api_keys, args.add_api_key, args.key_artifacts.split(","), args.key_rate)
+        print(key)
+        return
+    missing = [f"--{n.replace('_', '-')}" for n in ("generator", "sign_key", "store") if not getattr(args, n)]
+    if missing or not args.artifact:
+        raise LoragenError(f"missing {', '.join(missing + ([] if args.artifact else ['--artifact']))}")
+    cfg = ServiceConfig(generator_dir=args.generator, artifacts=args.artifact, sign_key=args.sign_key, store=args.store,
+                        api_keys=args.api_keys, max_task_bytes=args.max_task_bytes,
+                        store_max_bytes=int(args.store_max_mb * 2 ** 20) if args.store_max_mb else None)
+    serve(cfg, args.host, args.port)
