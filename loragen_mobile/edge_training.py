@@ -23,11 +23,11 @@ from .training import lm_example, pad_lm_batch, param_groups, token_ce_sum, warm
 
 @dataclass
 class EdgeTrainConfig:
-    lr: float = 3e-3
+    lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
-    tokens_per_step: int = 8192
-    max_steps: int = 1200
+    tokens_per_step: int = 4096
+    max_steps: int = 3000
     grad_clip: float = 1.0
     seed: int = 0
 

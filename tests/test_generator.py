@@ -14,7 +14,7 @@ import torch
 
 from loragen_mobile.errors import LoragenError
 from loragen_mobile.generator import (batched_lora, build_generator, generate_adapter, generate_adapters,
-                                      generate_factors, keep_top_k, load_config, load_generator, routed_factors)
+                                      generate_factors, keep_top_k, load_config, load_generator)
 from loragen_mobile.generator.model import cv_squared, dense_mixture
 from loragen_mobile.generator.store import task_sha256
 
@@ -359,3 +359,32 @@ def test_eval_reports_accuracy_tokens_and_compression(tmp_path, generator_run):
             assert row[m]["n"] == 4 and 0.0 <= row[m]["accuracy"] <= 1.0
     # an untrained edge model answers nothing right, with or without the prompt
     assert rep["results"]["tools"]["unseen"]["edge_prompt"]["accuracy"] == 0.0
+
+
+def test_bundle_build_from_generator_matches_the_merged_pytorch_model(tmp_path, generator_run, preset_dirs, capsys):
+    """`loragen bundle build --generator RUN --task TEXT`: the swapped ONNX artifact computes what
+    the PyTorch edge model merged with the generated LoRA computes."""
+    from loragen_mobile.bundle import open_runner_with_bundle, verify_bundle
+    from loragen_mobile.bundle.keys import generate_keypair, load_public_key
+    from loragen_mobile.cli import main
+    from loragen_mobile.exporters import get_exporter
+    from loragen_mobile.lora import merge_into_model
+
+    art = tmp_path / "onnx"
+    get_exporter("onnx").export(preset_dirs["tiny-llama"], art, max_context=64, progress=False)
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    task = TASKS[1]
+    for kind in ("merged", "lora"):
+        out = tmp_path / f"{kind}.bundle"
+        assert main(["bundle", "build", "--artifact", str(art), "--generator", str(generator_run), "--task", task,
+                     "--kind", kind, "--sign-key", str(tmp_path / "k.pem"), "--out", str(out)]) == 0
+        g = load_generator(generator_run)
+        vb = verify_bundle(out, art, load_public_key(tmp_path / "k.pub"))
+        assert vb.kind == kind and vb.manifest["generator_id"] == g.generator_id
+        assert vb.manifest["task_sha256"] == task_sha256(task)
+        merged = merge_into_model(g.edge, generate_adapter(g, task))
+        ids = [1] + list(range(50, 80))
+        with torch.no_grad():
+            want = merged(input_ids=torch.tensor([ids])).logits[0]
+        got = open_runner_with_bundle(out, art, load_public_key(tmp_path / "k.pub")).prefill(ids)
+        assert (got - want).abs().max().item() < 1e-4

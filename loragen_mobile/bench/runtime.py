@@ -111,7 +111,7 @@ def _plot(results, png: Path) -> None:
     plt.close(fig)
 
 
-def _export_in_child(backend: str, model_dir: Path, out: Path, max_context: int) -> None:
+def _export_in_child(backend: str, model_dir: Path, out: Path, max_context: int, extra: tuple = ()) -> None:
     # Exports run in a child process: after an in-process torch.export of the Llama wrapper, eager
     # transformers Llama forwards in the same process were ~150x slower (seen with torch 2.13),
     # which would distort the eager baseline.
@@ -121,7 +121,7 @@ def _export_in_child(backend: str, model_dir: Path, out: Path, max_context: int)
     from ..errors import LoragenError
 
     cmd = [sys.executable, "-m", "loragen_mobile", "export", "--backend", backend, "--model", str(model_dir),
-           "--out", str(out), "--max-context", str(max_context)]
+           "--out", str(out), "--max-context", str(max_context), "--no-progress", *map(str, extra)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = (res.stderr.strip().splitlines() or ["?"])[-1]

@@ -10,12 +10,16 @@ BENCHES = {
     "merge": "merge",
     "runtime": "runtime",
     "bundle": "bundle",
+    "speedup": "speedup",
+    "all": "all",
 }
 
 EXAMPLES = """
   loragen bench merge --out bench-out/merge.json
   loragen bench merge --dtypes fp16 --repeats 3
   loragen bench bundle --presets tiny-llama --backends executorch,onnx
+  loragen bench speedup --out bench-out/speedup.json
+  loragen bench all --report docs/results.md        # every benchmark, one markdown report
 """
 
 

@@ -23,6 +23,8 @@ def register(sub):
     p.add_argument("--quantize", help="weight quantization (none implemented yet; reserved)")
     p.add_argument("--targets", help="comma-separated LoRA target modules whose weights become swap slots "
                                       "(default gate_proj,up_proj,down_proj)")
+    p.add_argument("--unmerged-adapter", help="PEFT adapter to keep UNMERGED in the graph (the conventional "
+                                               "LoRA deployment; for comparisons, e.g. loragen bench speedup)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(args):
         raise LoragenError("give --recipe FILE or --backend executorch|onnx|coreml")
     art = export(args.model, args.out, backend=args.backend, recipe=args.recipe, max_context=args.max_context,
                  quantize=args.quantize, targets=parse_targets(args.targets) if args.targets else None,
-                 dtype=args.dtype, progress=not args.no_progress)
+                 dtype=args.dtype, progress=not args.no_progress, adapter=args.unmerged_adapter)
     m = art.meta
     print(f"wrote {m['backend']} artifact to {art.path} ({m['precision']}, max context {m['max_context']}, "
           f"{len(m['swap_slots'])} swap slots, fingerprint {m['fingerprint'][:16]})")

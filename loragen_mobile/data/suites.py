@@ -218,6 +218,8 @@ def _tools(split: str, per_task: int, seed: int) -> list[dict]:
 # -------------------------------------------------------------------------------------- common
 
 SUITES = {"reasoning": _reasoning, "tools": _tools}
+# training examples per seen task: string rules on random words need many examples to generalise
+TRAIN_PER_TASK = {"reasoning": 64, "tools": 16}
 
 
 def _stable_seed(*parts) -> int:
@@ -225,14 +227,14 @@ def _stable_seed(*parts) -> int:
 
 
 def make_suite(suite: str, split: str, seed: int = 0, per_task: int | None = None) -> list[dict]:
-    """Records of a built-in suite. ``per_task`` defaults to 8 for ``train`` and 16 (8 to adapt the
-    per-task LoRA baseline, then 8 to score) for the evaluation splits."""
+    """Records of a built-in suite. ``per_task`` defaults to :data:`TRAIN_PER_TASK` for ``train`` and
+    16 (8 to adapt the per-task LoRA baseline, then 8 to score) for the evaluation splits."""
     if suite not in SUITES:
         raise LoragenError(f"unknown suite '{suite}'; choose from {', '.join(SUITES)}")
     if split not in SPLITS:
         raise LoragenError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
     if per_task is None:
-        per_task = 8 if split == "train" else 16
+        per_task = TRAIN_PER_TASK[suite] if split == "train" else 16
     if per_task < 1:
         raise LoragenError("per_task must be at least 1")
     # train and seen draw different examples of the same tasks (the split is part of the seed)

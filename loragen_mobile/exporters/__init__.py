@@ -208,11 +208,13 @@ def copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
     return copied
 
 
-def common_meta(model, model_dir: Path, backend: str, precision: str, max_context: int, targets) -> dict:
+def common_meta(model, model_dir: Path, backend: str, precision: str, max_context: int, targets,
+                adapter=None) -> dict:
     from ..models import config_hash
 
     cfg = model.config
-    return {
+    extra = {"unmerged_adapter": Path(adapter).name} if adapter is not None else {}
+    return {**extra,
         "backend": backend,
         "model_id": getattr(cfg, "name_or_path", "") or Path(model_dir).name,
         "model_dir_name": Path(model_dir).resolve().name,
@@ -411,21 +413,33 @@ class Exporter:
     default_max_context = 128
 
     def export(self, model_dir, out_dir, *, max_context: int = 128, quantize: str | None = None,
-               targets=None, dtype: str = "fp32", progress: bool = True) -> Artifact:
+               targets=None, dtype: str = "fp32", progress: bool = True, adapter=None) -> Artifact:
+        """Export ``model_dir``. ``adapter``: a PEFT adapter kept UNMERGED in the graph (extra
+        LoRA matmuls per target module), the conventional LoRA deployment that the speedup
+        benchmark compares against; its swap slots are the base weights under the LoRA."""
         raise NotImplementedError
 
     def open_runner(self, artifact_dir, swap: dict[str, torch.Tensor] | None = None) -> Runner:
         raise NotImplementedError
 
     @staticmethod
-    def _load_for_export(model_dir, dtype: torch.dtype, max_context: int, targets):
+    def _load_for_export(model_dir, dtype: torch.dtype, max_context: int, targets, adapter=None):
         """The export's first step, shared by every backend: (model, max_context, swap names, params)."""
         from ..models import load_model
 
         model = load_model(model_dir, dtype=dtype)
         max_context = check_max_context(max_context, model)
-        return (model, max_context, swap_param_names(model, targets),
-                dict(model.named_parameters(remove_duplicate=False)))
+        swap_names = swap_param_names(model, targets)
+        if adapter is not None:
+            from peft import PeftModel
+
+            from ..lora import load_peft_adapter
+
+            lora_modules = set(load_peft_adapter(adapter).factors)  # validates the adapter first
+            model = PeftModel.from_pretrained(model, str(adapter)).get_base_model().eval()
+            swap_names = [n.replace(".weight", ".base_layer.weight") if n[: -len(".weight")] in lora_modules else n
+                          for n in swap_names]
+        return (model, max_context, swap_names, dict(model.named_parameters(remove_duplicate=False)))
 
     def _finish_export(self, tmp: Path, meta: dict) -> None:
         """The export's last step, shared by every backend: fingerprint, then artifact.json."""
@@ -513,8 +527,10 @@ def load_recipe(path: str | os.PathLike) -> dict:
 
 
 def export(model_dir, out_dir, *, backend: str | None = None, recipe=None, max_context: int | None = None,
-           quantize: str | None = None, targets=None, dtype: str | None = None, progress: bool = True) -> Artifact:
-    """Export with a backend name or a recipe file; explicit arguments override the recipe."""
+           quantize: str | None = None, targets=None, dtype: str | None = None, progress: bool = True,
+           adapter=None) -> Artifact:
+    """Export with a backend name or a recipe file; explicit arguments override the recipe.
+    ``adapter``: keep this PEFT adapter unmerged in the graph (see :meth:`Exporter.export`)."""
     r = load_recipe(recipe) if recipe else {}
     backend = backend or r.get("backend")
     if backend is None:
@@ -530,6 +546,8 @@ def export(model_dir, out_dir, *, backend: str | None = None, recipe=None, max_c
         kw["dtype"] = dt
     if not Path(model_dir).is_dir():
         raise LoragenError(f"model directory {model_dir} does not exist")
+    if adapter is not None:
+        kw["adapter"] = adapter
     return get_exporter(backend).export(model_dir, out_dir, **kw)
 
 

@@ -161,7 +161,7 @@ class CoreMLExporter(Exporter):
     name = "coreml"
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype=None,
-               progress=True) -> Artifact:
+               progress=True, adapter=None) -> Artifact:
         from ..models import DEFAULT_TARGET_MODULES
 
         _quiet()
@@ -173,7 +173,7 @@ class CoreMLExporter(Exporter):
             raise LoragenError(f"coreml: unsupported quantization '{quantize}' (only unquantized export is available)")
         with atomic_dir(out_dir) as tmp, export_steps(4, "export coreml", progress) as bar:
             bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, torch.float32, max_context, targets)
+            model, max_context, swap_names, params = self._load_for_export(model_dir, torch.float32, max_context, targets, adapter)
             bar.update()
 
             bar.set_postfix_str("torch.export + ct.convert")
@@ -205,7 +205,7 @@ class CoreMLExporter(Exporter):
 
             bar.set_postfix_str("artifact.json")
             sig = _signature(spec)
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets)
+            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
             meta.update({
                 "deployment_target": "iOS18",
                 "model_format": "mlprogram",

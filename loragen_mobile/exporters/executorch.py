@@ -122,7 +122,7 @@ class ExecuTorchExporter(Exporter):
     name = "executorch"
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
-               progress=True) -> Artifact:
+               progress=True, adapter=None) -> Artifact:
         from ..models import DEFAULT_TARGET_MODULES
 
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
@@ -131,7 +131,7 @@ class ExecuTorchExporter(Exporter):
         tdtype = resolve_precision(dtype)
         with atomic_dir(out_dir) as tmp, export_steps(6, "export executorch", progress) as bar:
             bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets)
+            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets, adapter)
             bar.update()
 
             bar.set_postfix_str("torch.export")
@@ -196,7 +196,7 @@ class ExecuTorchExporter(Exporter):
                 slots.append(make_slot(n, t, SWAP, key=key))
             if len(swap_keys) != len(slots):
                 raise LoragenError(f"{SWAP} holds {len(swap_keys)} tensors, expected {len(slots)}")
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets)
+            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
             meta.update({
                 "quantization": quantize,
                 "delegate": "xnnpack",

@@ -101,7 +101,7 @@ class ONNXExporter(Exporter):
     name = "onnx"
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
-               progress=True) -> Artifact:
+               progress=True, adapter=None) -> Artifact:
         from ..models import DEFAULT_TARGET_MODULES
 
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
@@ -110,7 +110,7 @@ class ONNXExporter(Exporter):
         tdtype = resolve_precision(dtype)
         with atomic_dir(out_dir) as tmp, export_steps(5, "export onnx", progress) as bar:
             bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets)
+            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets, adapter)
             bar.update()
 
             bar.set_postfix_str("torch.onnx.export")
@@ -171,7 +171,7 @@ class ONNXExporter(Exporter):
             bar.update()
 
             bar.set_postfix_str("artifact.json")
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets)
+            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
             kvd = str(tdtype).replace("torch.", "")
             meta.update({
                 "opset": int(proto.opset_import[0].version),

@@ -134,7 +134,8 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
     try:
         cfg = GeneratorConfig.from_dict(meta["config"])
         layout = EdgeLayout.from_dict(meta["layout"])
-        edge_path = Path(edge_dir) if edge_dir is not None else Path(meta["edge"]["path"])
+        # a relative edge path (as in the shipped checkpoints) is relative to the run directory
+        edge_path = Path(edge_dir) if edge_dir is not None else run / meta["edge"]["path"]
         cloud_path = meta["cloud"]["path"]
         want_hash = meta["edge"]["config_hash"]
     except (KeyError, TypeError) as e:
@@ -143,7 +144,10 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
         raise LoragenError(f"edge model {edge_path} is not the one this generator was trained for")
     edge = models.load_model(edge_path, dtype=torch.float32)
     edge.requires_grad_(False)
-    cdir = run / CLOUD_BASE if cloud_path == CLOUD_BASE else Path(cloud_path)
+    if meta["cloud"].get("source") == "edge":
+        cdir = edge_path  # the cloud backbone is the edge model itself (wherever it lives now)
+    else:
+        cdir = run / CLOUD_BASE if cloud_path == CLOUD_BASE else Path(cloud_path)
     base = models.load_model(cdir, dtype=torch.float32)
     cloud_tok = models.load_tokenizer(cdir)
     cloud = PeftModel.from_pretrained(base, str(run / CLOUD_ADAPTER))

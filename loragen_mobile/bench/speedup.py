@@ -1,0 +1,163 @@
+"""The paper's comparison: prompt + unmerged LoRA vs LoRA-Gen merged without the prompt.
+
+For the same edge model, on ExecuTorch (XNNPACK) and onnxruntime:
+  conventional  a few-shot system prompt of P tokens + the user input, through a graph that keeps a
+                rank-16 LoRA unmerged on the FFN (what a conventional LoRA deployment runs);
+  loragen       the user input alone, through the graph with the LoRA merged into the weights.
+Measured: prefill (= time to first token) and prefill + a short answer, medians and spread over
+repeated runs, for P from 100 to 2,000 tokens. Ratios are the result; absolute times only go with
+the machine they came from. Random weights: timing does not depend on them.
+
+  loragen bench speedup --out bench-out/speedup.json
+  loragen bench speedup --preset tinyllama-1.1b --prompt-tokens 100,500,1000 --repeats 3   # long
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--preset", default="tiny-llama", help="edge preset (tiny-llama, tiny-gemma, tinyllama-1.1b, gemma-2b)")
+    p.add_argument("--prompt-tokens", default="100,250,500,1000,2000", help="system prompt lengths (comma-separated)")
+    p.add_argument("--input-tokens", type=int, default=16, help="user input length")
+    p.add_argument("--answer-tokens", type=int, default=16, help="decoded answer length for the end-to-end time")
+    p.add_argument("--rank", type=int, default=16, help="rank of the unmerged LoRA")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--backends", default="executorch,onnx")
+    p.add_argument("--out", default="bench-out/speedup.json", help="JSON output (PNG written beside it)")
+
+
+def _time(runner, ids: list[int], answer: int, repeats: int) -> dict:
+    pre, e2e = [], []
+    for _ in range(repeats + 1):
+        runner.reset()
+        t0 = time.perf_counter()
+        tok = int(runner.prefill(ids)[-1].argmax())
+        t1 = time.perf_counter()
+        for _ in range(answer):
+            tok = int(runner.decode(tok).argmax())
+        t2 = time.perf_counter()
+        pre.append(t1 - t0)
+        e2e.append(t2 - t0)
+    pre, e2e = pre[1:], e2e[1:]  # the first run warms the runtime up
+    return {"prefill_ms": 1e3 * statistics.median(pre), "prefill_ms_min": 1e3 * min(pre),
+            "prefill_ms_max": 1e3 * max(pre), "e2e_ms": 1e3 * statistics.median(e2e),
+            "e2e_ms_min": 1e3 * min(e2e), "e2e_ms_max": 1e3 * max(e2e)}
+
+
+def _make_models(preset: str, root: Path, max_positions: int, rank: int) -> tuple[Path, Path, Path]:
+    """(base dir, unmerged adapter dir, merged dir) with random weights and a random rank-r LoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..lora import merge_dir, random_adapter, save_peft_adapter
+    from ..models import build_tokenizer, preset_config, target_module_names
+
+    cfg = preset_config(preset)
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, max_positions)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    base = root / "base"
+    model.save_pretrained(base)
+    build_tokenizer().save_pretrained(base)
+    adapter = random_adapter(model, target_module_names(model), r=rank, alpha=rank, seed=1, std=0.02)
+    save_peft_adapter(adapter, root / "adapter", base_model=str(base))
+    merge_dir(base, root / "adapter", root / "merged")
+    return base, root / "adapter", root / "merged"
+
+
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from ..errors import LoragenError
+    from ..exporters import get_exporter
+    from . import machine_info, write_json
+    from .runtime import _export_in_child
+
+    prompts = sorted({int(x) for x in args.prompt_tokens.split(",") if x.strip()})
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not prompts or min(prompts) < 1 or args.repeats < 1 or args.input_tokens < 1:
+        raise LoragenError("--prompt-tokens, --input-tokens and --repeats must be positive")
+    bad = [b for b in backends if b not in ("executorch", "onnx")]
+    if bad:
+        raise LoragenError(f"speedup runs on executorch and onnx, not {bad}")
+    ctx = max(prompts) + args.input_tokens + args.answer_tokens + 8
+    result = {"bench": "speedup", "preset": args.preset, "rank": args.rank, "input_tokens": args.input_tokens,
+              "answer_tokens": args.answer_tokens, "repeats": args.repeats, "machine": machine_info(),
+              "backends": {}}
+    with tempfile.TemporaryDirectory(prefix="loragen-speedup-") as tmp:
+        root = Path(tmp)
+        base, adapter, merged = _make_models(args.preset, root, ctx, args.rank)
+        bar = tqdm(total=len(backends) * (2 + len(prompts)), desc="speedup bench", unit="step")
+        for b in backends:
+            bar.set_postfix_str(f"{b}: export prompt + unmerged LoRA")
+            _export_in_child(b, base, root / f"{b}-lora", ctx, ("--unmerged-adapter", adapter))
+            bar.update()
+            bar.set_postfix_str(f"{b}: export merged")
+            _export_in_child(b, merged, root / f"{b}-merged", ctx)
+            bar.update()
+            conv = get_exporter(b).open_runner(root / f"{b}-lora")
+            ours = get_exporter(b).open_runner(root / f"{b}-merged")
+            user = [1] + [40 + (i % 200) for i in range(args.input_tokens - 1)]
+            t_ours = _time(ours, user, args.answer_tokens, args.repeats)
+            rows = []
+            for p in prompts:
+                bar.set_postfix_str(f"{b}: prompt {p}")
+                prompt = [1] + [40 + (i * 7 % 200) for i in range(p)] + user[1:]
+                t_conv = _time(conv, prompt, args.answer_tokens, args.repeats)
+                rows.append({"prompt_tokens": p, "conventional": t_conv, "loragen": t_ours,
+                             "input_tokens": {"conventional": len(prompt), "loragen": len(user)},
+                             "prefill_speedup": t_conv["prefill_ms"] / t_ours["prefill_ms"],
+                             "e2e_speedup": t_conv["e2e_ms"] / t_ours["e2e_ms"],
+                             "compression_ratio": len(prompt) / len(user)})
+                bar.update()
+            result["backends"][b] = rows
+        bar.close()
+    out = write_json(result, args.out)
+    _plot(result, Path(out).with_suffix(".png"))
+    print(format_table(result))
+    print(f"wrote {out} and {Path(out).with_suffix('.png')}")
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'backend':<11} {'prompt':>6} {'conv prefill ms':>16} {'LoRA-Gen ms':>12} {'prefill x':>9} {'e2e x':>7}"]
+    for b, rows in result["backends"].items():
+        for r in rows:
+            lines.append(f"{b:<11} {r['prompt_tokens']:>6} {r['conventional']['prefill_ms']:>16.2f} "
+                         f"{r['loragen']['prefill_ms']:>12.2f} {r['prefill_speedup']:>9.1f} {r['e2e_speedup']:>7.2f}")
+    return "\n".join(lines)
+
+
+def _plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for b, rows in result["backends"].items():
+        x = [r["prompt_tokens"] for r in rows]
+        axes[0].errorbar(x, [r["conventional"]["prefill_ms"] for r in rows],
+                         yerr=[[r["conventional"]["prefill_ms"] - r["conventional"]["prefill_ms_min"] for r in rows],
+                               [r["conventional"]["prefill_ms_max"] - r["conventional"]["prefill_ms"] for r in rows]],
+                         marker="o", label=f"{b}: prompt + unmerged LoRA")
+        axes[0].axhline(rows[0]["loragen"]["prefill_ms"], linestyle="--", color=axes[0].lines[-1].get_color(),
+                        label=f"{b}: LoRA-Gen, no prompt")
+        axes[1].plot(x, [r["prefill_speedup"] for r in rows], marker="o", label=f"{b}: time to first token")
+        axes[1].plot(x, [r["e2e_speedup"] for r in rows], marker="s", linestyle=":",
+                     label=f"{b}: + {result['answer_tokens']}-token answer")
+    axes[0].set(xlabel="system prompt tokens", ylabel="prefill ms (median, min-max)", xscale="log", yscale="log",
+                title=f"{result['preset']}: prefill")
+    axes[1].set(xlabel="system prompt tokens", ylabel="speedup (x)", xscale="log", yscale="log",
+                title="LoRA-Gen speedup")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
