@@ -103,10 +103,21 @@ def _render_speedup(r):
          for b, rows in r["backends"].items() for x in rows])
 
 
+def _render_serve(r):
+    srv = r["server"]
+    return [f"{r['kind']} bundles for `{r['artifact']}`, {r['requests_per_scenario']} requests per scenario and "
+            f"concurrency from a second process; {srv['generations']:.0f} generator forwards built "
+            f"{srv['bundles_built']:.0f} bundles (mean batch {srv['mean_batch']:.1f}); {r['errors']} errors", ""] + _table(
+        ["concurrency", "scenario", "p50", "p99", "requests/s"],
+        [[c, name, f"{s['p50_ms']:.1f} ms", f"{s['p99_ms']:.1f} ms", f"{s['rps']:.0f}"]
+         for c, lv in r["levels"].items() for name, s in lv.items()])
+
+
 def _render_json(r):
     import json
 
     return ["```json", json.dumps(r, indent=2)[:4000], "```"]
 
 
-RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "speedup": _render_speedup}
+RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "speedup": _render_speedup,
+          "serve": _render_serve}

@@ -21,6 +21,7 @@ VERBS = [
     "quickstart",
     "export", "run", "validate",
     "bundle",
+    "serve",
 ]
 
 

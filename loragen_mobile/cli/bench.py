@@ -11,6 +11,7 @@ BENCHES = {
     "runtime": "runtime",
     "bundle": "bundle",
     "speedup": "speedup",
+    "serve": "serve",
     "all": "all",
 }
 
@@ -19,6 +20,7 @@ EXAMPLES = """
   loragen bench merge --dtypes fp16 --repeats 3
   loragen bench bundle --presets tiny-llama --backends executorch,onnx
   loragen bench speedup --out bench-out/speedup.json
+  loragen bench serve --concurrency 1,8,32 --out bench-out/serve.json
   loragen bench all --report docs/results.md        # every benchmark, one markdown report
 """
 

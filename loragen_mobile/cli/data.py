@@ -18,7 +18,7 @@ def register(sub):
     m.add_argument("--out", required=True, help="JSONL file to write (must not exist)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--per-task", type=int, default=None,
-                   help="examples per task (default 64 reasoning, 16 tools for train, 16 for seen/unseen: 8 adapt + 8 scored)")
+                   help="examples per task (default 160 reasoning, 16 tools for train, 16 for seen/unseen: 8 adapt + 8 scored)")
     m.set_defaults(func=run)
 
 

@@ -219,7 +219,7 @@ def _tools(split: str, per_task: int, seed: int) -> list[dict]:
 
 SUITES = {"reasoning": _reasoning, "tools": _tools}
 # training examples per seen task: string rules on random words need many examples to generalise
-TRAIN_PER_TASK = {"reasoning": 64, "tools": 16}
+TRAIN_PER_TASK = {"reasoning": 160, "tools": 16}
 
 
 def _stable_seed(*parts) -> int:

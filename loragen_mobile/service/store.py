@@ -11,10 +11,16 @@ from pathlib import Path
 
 from ..fsutil import atomic_file
 
-ID_RE = re.compile(r"^[0-9a-f]{32}$")
+ID_RE = re.compile(r"[0-9a-f]{32}")
+_TMP_RE = re.compile(r"\..+\.tmp-.+")  # atomic_file's temporary names
+
+
+def valid_id(bid: str) -> bool:
+    return isinstance(bid, str) and ID_RE.fullmatch(bid) is not None
 
 
 def bundle_id(generator_id: str, fingerprint: str, kind: str, task: str) -> str:
+    """32 hex characters of sha256 over the length-prefixed parts (no two inputs collide by concatenation)."""
     h = hashlib.sha256()
     for part in (generator_id, fingerprint, kind, task):
         b = part.encode("utf-8")
@@ -23,10 +29,13 @@ def bundle_id(generator_id: str, fingerprint: str, kind: str, task: str) -> str:
 
 
 class BundleStore:
-    """``<id>.bundle`` + ``<id>.json`` (size, sha256, manifest) per bundle, in one directory.
+    """``<id>.bundle`` + ``<id>.json`` (size, sha256, manifest, artifact) per bundle, in one directory.
 
     Every file is written to a temporary name and renamed, bundle first and record last, so a
-    crash leaves either a complete entry or none (orphans are removed at start-up).
+    crash leaves either a complete entry or none (leftovers are removed when the store opens).
+    A record whose bundle is missing or has the wrong size counts as absent. With ``max_bytes``
+    the least recently used bundles (record mtime, touched on every read) are evicted after a
+    write; the bundle just written is always kept.
     """
 
     def __init__(self, root: str | os.PathLike, max_bytes: int | None = None):
@@ -35,13 +44,15 @@ class BundleStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         for p in self.root.iterdir():
-            if p.name.startswith("."):
-                p.unlink(missing_ok=True)  # temporary files of an interrupted write
+            if _TMP_RE.fullmatch(p.name):
+                p.unlink(missing_ok=True)  # temporary file of an interrupted write
+            elif p.suffix == ".json" and not p.with_suffix(".bundle").exists():
+                p.unlink(missing_ok=True)
             elif p.suffix == ".bundle" and not p.with_suffix(".json").exists():
                 p.unlink(missing_ok=True)
 
     def _paths(self, bid: str) -> tuple[Path, Path]:
-        if not ID_RE.match(bid):
+        if not valid_id(bid):
             raise ValueError("invalid bundle id")
         return self.root / f"{bid}.bundle", self.root / f"{bid}.json"
 
@@ -49,15 +60,19 @@ class BundleStore:
         data, rec = self._paths(bid)
         try:
             info = json.loads(rec.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            if data.stat().st_size != info["size"]:
+                return None
+            os.utime(rec)  # LRU: last access
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not data.exists():
-            return None
-        os.utime(rec)  # LRU: last access
         return info
 
-    def path(self, bid: str) -> Path:
-        return self._paths(bid)[0]
+    def open(self, bid: str):
+        """The bundle file opened for reading (stays readable if evicted meanwhile), or None."""
+        try:
+            return open(self._paths(bid)[0], "rb")
+        except OSError:
+            return None
 
     def put(self, bid: str, raw: bytes, info: dict) -> dict:
         data, rec = self._paths(bid)
@@ -70,21 +85,25 @@ class BundleStore:
             self._evict(keep=bid)
         return info
 
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.json") if valid_id(p.stem))
+
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("*.bundle"))
 
     def _evict(self, keep: str) -> None:
         if self.max_bytes is None:
             return
-        recs = sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime)
         total = self.total_bytes()
-        for rec in recs:
+        if total <= self.max_bytes:
+            return
+        for rec in sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime):
             if total <= self.max_bytes:
                 break
             if rec.stem == keep:
                 continue
             data = rec.with_suffix(".bundle")
             size = data.stat().st_size if data.exists() else 0
-            rec.unlink(missing_ok=True)
+            rec.unlink(missing_ok=True)  # record first: a half-evicted entry reads as absent
             data.unlink(missing_ok=True)
             total -= size
