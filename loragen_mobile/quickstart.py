@@ -129,12 +129,13 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
 
     _stage(bar, "swap + run")
     from .bundle import apply_bundle, bundle_swap, open_runner_with_bundle, verify_bundle
+    from .training import lm_example
 
     tok = models.load_tokenizer(edge_dir)
     runs = {}
     for s in SUITES:
         rec = examples[s][-1]
-        ids = [tok.bos_token_id] + tok(f"{rec['input']}\n", add_special_tokens=False)["input_ids"]
+        ids = lm_example(tok, None, rec["input"], None)[0]
         n_new = len(tok(rec["target"], add_special_tokens=False)["input_ids"]) + 1
         for b in RUN_BACKENDS:
             runner = open_runner_with_bundle(bundles[(s, b, "merged")], arts[b], pub)
@@ -167,8 +168,8 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
         base_runner = exp.open_runner(arts[b])
         for s in SUITES:
             rec = examples[s][-1]
-            with_p = [tok.bos_token_id] + tok(f"{rec['system']}\n{rec['input']}\n", add_special_tokens=False)["input_ids"]
-            without = [tok.bos_token_id] + tok(f"{rec['input']}\n", add_special_tokens=False)["input_ids"]
+            with_p = lm_example(tok, rec["system"], rec["input"], None)[0]
+            without = lm_example(tok, None, rec["input"], None)[0]
             swapped = open_runner_with_bundle(bundles[(s, b, "merged")], arts[b], pub)
             t_with = _median_prefill(base_runner, with_p)
             t_without = _median_prefill(swapped, without)

@@ -39,17 +39,22 @@ class _Swapper:
         self.base = {}
 
     def apply(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Merge scale-1 factors (module name -> (A, B)) with the project's one merge."""
+        from ..lora import LoraAdapter, merged_tensors
+
         self.restore()
+        rank = next(iter(factors.values()))[0].shape[0]
+        merged = merged_tensors({k: p.detach() for k, p in self.params.items()},
+                                LoraAdapter(factors, r=rank, alpha=float(rank)))
         with torch.no_grad():
-            for name, (a, b) in factors.items():
-                p = self.params[f"{name}.weight"]
-                self.base[name] = p.detach().clone()
-                p.add_((b.float() @ a.float()).to(p.dtype))
+            for key, w in merged.items():
+                self.base[key] = self.params[key].detach().clone()
+                self.params[key].copy_(w)
 
     def restore(self) -> None:
         with torch.no_grad():
-            for name, w in self.base.items():
-                self.params[f"{name}.weight"].copy_(w)
+            for key, w in self.base.items():
+                self.params[key].copy_(w)
         self.base = {}
 
 
