@@ -7,6 +7,7 @@ with scale = alpha / r. Module names are fully qualified (``model.layers.0.mlp.u
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ from .fsutil import atomic_dir, read_json_object
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Every weight a merge writes is finite with |w| <= MAX_ABS_WEIGHT, the largest finite fp16 value:
+# a merged model must stay representable in the fp16 the mobile backends compute in (the bundle
+# format holds merged weights and LoRA factors to the same bound; docs/bundle-format.md).
+MAX_ABS_WEIGHT = 65504.0
 
 
 @dataclass
@@ -43,7 +48,14 @@ class LoraAdapter:
         return sorted({name.split(".")[-1] for name in self.factors})
 
     def __post_init__(self):
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise LoragenError(f"LoRA rank r must be a positive integer, got {self.r!r}", code="adapter")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise LoragenError(f"LoRA alpha must be a finite number, got {self.alpha!r}", code="adapter")
         for name, (a, b) in self.factors.items():
+            if not (a.dtype.is_floating_point and b.dtype.is_floating_point):
+                raise LoragenError(f"LoRA factors of {name} must be floating point, got A {a.dtype}, B {b.dtype}",
+                                   code="adapter")
             if a.dim() != 2 or b.dim() != 2 or a.shape[0] != self.r or b.shape[1] != self.r:
                 raise LoragenError(
                     f"LoRA factors of {name} do not have rank {self.r}: "
@@ -113,10 +125,12 @@ def load_peft_adapter(path: str | os.PathLike) -> LoraAdapter:
             raise LoragenError(f"{cfg_path}: per-module {unsupported} is not supported")
     if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("fan_in_fan_out"):
         raise LoragenError(f"{cfg_path}: rsLoRA, DoRA and fan_in_fan_out adapters are not supported")
-    try:
-        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    except (KeyError, TypeError, ValueError):
-        raise LoragenError(f"{cfg_path}: 'r' and 'lora_alpha' must be numbers") from None
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    if (isinstance(r, bool) or not isinstance(r, int) or r < 1 or isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)):
+        raise LoragenError(f"{cfg_path}: 'r' must be a positive integer and 'lora_alpha' a finite number "
+                           f"(got r={r!r}, lora_alpha={alpha!r})", code="adapter")
+    alpha = float(alpha)
     try:
         tensors = load_file(str(w_path))
         from safetensors import safe_open
@@ -135,6 +149,8 @@ def load_peft_adapter(path: str | os.PathLike) -> LoraAdapter:
                 break
         else:
             raise LoragenError(f"{w_path}: unexpected tensor {key} (only lora_A/lora_B weights are supported)")
+    if not parts:
+        raise LoragenError(f"{w_path} holds no LoRA tensors (lora_A/lora_B weights)", code="adapter")
     factors = {}
     for name, ab in sorted(parts.items()):
         if set(ab) != {"lora_A", "lora_B"}:
@@ -184,7 +200,9 @@ def _merge_one(key: str, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scal
     rows = max(1, _BLOCK_ELEMS // w.shape[1])
     half = w.dtype != torch.float32
     buf = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=torch.float32) if half else None
-    limit = torch.finfo(w.dtype).max
+    if not math.isfinite(scale):
+        raise LoragenError(f"LoRA scale of {key} is {scale}; refusing to merge", code="adapter")
+    limit = min(torch.finfo(w.dtype).max, MAX_ABS_WEIGHT)
     for i in range(0, w.shape[0], rows):
         j = min(i + rows, w.shape[0])
         if half:
@@ -193,9 +211,10 @@ def _merge_one(key: str, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scal
             torch.addmm(acc, bf[i:j], af, alpha=scale, out=acc)
         else:
             acc = torch.addmm(w[i:j], bf[i:j], af, alpha=scale, out=out[i:j])
-        lo, hi = torch.aminmax(acc)  # NaN propagates; +-Inf or values beyond the dtype's range fail
+        lo, hi = torch.aminmax(acc)  # NaN propagates; +-Inf or values beyond the bound fail
         if not (-limit <= float(lo) and float(hi) <= limit):
-            raise LoragenError(f"merge of {key} produced NaN or Inf values; refusing to merge (nothing was written)")
+            raise LoragenError(f"merge of {key} produced NaN or Inf values or a weight beyond +-{limit:g}; "
+                               "refusing to merge (nothing was written)", code="merge")
         if half:
             out[i:j].copy_(acc)
     return out

@@ -38,6 +38,18 @@ KNOWN_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 BYTE_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
+# The prompt contract of every edge model the presets make (docs/exporters.md, "Prompt contract"):
+# [BOS] system "\n" input "\n" -> target [EOS], the system message optional. It is written once, as
+# the tokenizer's Jinja chat template (tokenizer_config.json "chat_template"), so Hugging Face's
+# apply_chat_template, onnxruntime-genai's Tokenizer.apply_chat_template and the exported
+# artifacts all render the same text; training, evaluation and every runner read it from there.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+    "{% else %}{{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+)
+
 
 def _tiny_llama() -> LlamaConfig:
     # TinyLlama-1.1B's structure at toy size: GQA (4 query heads per KV head), SiLU gated FFN,
@@ -141,8 +153,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        clean_up_tokenization_spaces=False,
+        clean_up_tokenization_spaces=False, chat_template=CHAT_TEMPLATE,
     )
+
+
+def save_tokenizer(tokenizer, out: str | os.PathLike) -> None:
+    """``save_pretrained`` with the chat template kept in tokenizer_config.json, where
+    onnxruntime-genai and other stock runtimes read it (not in a separate chat_template.jinja)."""
+    tokenizer.save_pretrained(str(out), save_jinja_files=False)
 
 
 def build_model(preset: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
@@ -160,7 +178,7 @@ def init_model_dir(preset: str, out: str | os.PathLike, seed: int = 0,
     tokenizer = build_tokenizer()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     return Path(out)
 
 
@@ -193,12 +211,17 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -
 
 
 def load_tokenizer(model_dir: str | os.PathLike):
+    """The directory's tokenizer. A directory without a chat template (made before the template
+    was recorded) gets :data:`CHAT_TEMPLATE`, the layout every preset model is trained with."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as e:
         raise LoragenError(f"cannot load tokenizer from {model_dir}: {str(e).splitlines()[0]}") from None
+    if not tok.chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
 
 
 def target_module_names(model: PreTrainedModel, targets=DEFAULT_TARGET_MODULES) -> list[str]:

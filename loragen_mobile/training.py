@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import prompt_text
 from .errors import LoragenError
 
 IGNORE = -100
@@ -22,12 +21,40 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def chat_messages(system: str | None, user_input: str, target: str | None = None) -> list[dict]:
+    """The chat messages of one record (the system message only when there is a system prompt)."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": user_input})
+    if target is not None:
+        msgs.append({"role": "assistant", "content": target})
+    return msgs
+
+
+def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of ``messages`` rendered with the tokenizer's chat template (the prompt contract)."""
+    if not tokenizer.chat_template:
+        raise LoragenError("the tokenizer has no chat template (tokenizer_config.json 'chat_template')",
+                           code="template")
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                              tokenize=True, return_dict=False))
+
+
+def prompt_ids(tokenizer, system: str | None, user_input: str) -> list[int]:
+    """What the edge model reads before it answers: the chat template applied to the record."""
+    return render_ids(tokenizer, chat_messages(system, user_input))
+
+
 def lm_example(tokenizer, system: str | None, user_input: str, target: str | None) -> tuple[list[int], int]:
-    """Token ids of ``[BOS] prompt [target EOS]`` and the index where the target starts."""
-    ids = [tokenizer.bos_token_id] + encode(tokenizer, prompt_text(system, user_input))
+    """Token ids of the rendered conversation (prompt, then the target as the assistant's turn)
+    and the index where the target starts; with ``target=None``, the prompt alone."""
+    ids = prompt_ids(tokenizer, system, user_input)
     start = len(ids)
     if target is not None:
-        ids += encode(tokenizer, target) + [tokenizer.eos_token_id]
+        full = render_ids(tokenizer, chat_messages(system, user_input, target), add_generation_prompt=False)
+        if full[:start] != ids:
+            raise LoragenError("the chat template does not render the prompt as a prefix of the conversation",
+                               code="template")
+        ids = full
     return ids, start
 
 

@@ -101,3 +101,25 @@ def generator_run(tmp_path_factory, preset_dirs, gen_data):
     out = tmp_path_factory.mktemp("gen-run") / "run"
     cfg = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml", GEN_OVERRIDES)
     return train(cfg, preset_dirs["tiny-llama"], gen_data, out, progress=False)
+
+
+# ------------------------------------------------------------------ the shipped trained edge model
+# loragen_mobile/assets/tiny-llama-edge answers its tasks and ends with </s>: the model for tests of
+# the prompt contract and of stopping at EOS, exported once per backend and shared.
+
+EDGE_ASSET = Path(__file__).resolve().parents[1] / "loragen_mobile" / "assets" / "tiny-llama-edge"
+EDGE_MAX_CTX = 96
+
+
+@pytest.fixture(scope="session")
+def edge_artifacts(workdir):
+    cache: dict[str, Path] = {}
+
+    def get(backend: str) -> Path:
+        if backend not in cache:
+            out = workdir / f"edge-{backend}"
+            get_exporter(backend).export(EDGE_ASSET, out, max_context=EDGE_MAX_CTX, progress=False)
+            cache[backend] = out
+        return cache[backend]
+
+    return get

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -127,7 +128,16 @@ def _resign(manifest_edit=None, tensor_edit=None, backend="executorch"):
         tensor_edit(tensors, manifest)
     if manifest_edit:
         manifest_edit(manifest)
-    return fmt.serialize(tensors, manifest, KEY)
+    return _sign(fmt.serialize(tensors, manifest))
+
+
+def _sign(unsigned: bytes) -> bytes:
+    """Sign with the test key without parsing first (the content may be one the reader refuses):
+    the signing digest of an unsigned file is the SHA-256 of the file itself."""
+    raw = bytearray(unsigned)
+    at = raw.index(f'"{fmt.SIG_KEY}":"{fmt.UNSIGNED}"'.encode(), 8) + len(fmt.SIG_KEY) + 4
+    raw[at:at + 128] = KEY.sign(hashlib.sha256(unsigned).digest()).hex().encode()
+    return bytes(raw)
 
 
 def test_semantic_errors_of_signed_bundles():
@@ -208,3 +218,179 @@ def test_keygen_writes_a_working_pair(tmp_path):
     with pytest.raises(LoragenError, match="not a PEM public key"):
         (tmp_path / "bad.pub").write_text("nope")
         load_public_key(tmp_path / "bad.pub")
+
+
+# ------------------------------------------------------------------ hardening regressions
+
+def _with_manifest_text(text: str, backend="executorch", kind="merged") -> bytes:
+    """The golden bundle with its manifest replaced by ``text`` (verbatim JSON), re-signed."""
+    pb = fmt.parse(_raw(f"{backend}-{kind}"))
+    meta = {fmt.MANIFEST_KEY: text, fmt.SIG_KEY: fmt.UNSIGNED}
+    header = {"__metadata__": meta, **{n: pb.header[n] for n in pb.header if n != "__metadata__"}}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    raw = bytearray(struct.pack("<Q", len(hb)) + hb + pb.raw[pb.data_start:])
+    sig = KEY.sign(hashlib.sha256(bytes(raw)).digest()).hex()  # the signing digest: the signature field is zeros
+    at = raw.index(fmt.UNSIGNED.encode(), 8)
+    raw[at:at + 128] = sig.encode()
+    return bytes(raw)
+
+
+def _manifest_text(backend="executorch", kind="merged") -> str:
+    return json.dumps(fmt.parse(_raw(f"{backend}-{kind}")).manifest, sort_keys=True, separators=(",", ":"))
+
+
+def _code(raw, backend="executorch", key=PUB, require=True):
+    with pytest.raises(BundleError) as e:
+        core.verify(raw, _art(backend), key, require_signature=require)
+    assert "\n" not in str(e.value)
+    return e.value.code
+
+
+def test_huge_json_integers_are_bundle_errors():
+    """A 4301-digit integer (Python's int-from-text limit) in the header or the manifest: a
+    BundleError with a code, never ValueError."""
+    raw = _raw("executorch-merged")
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].rstrip() + b" "
+    huge = header[:-2] + b',"zz":' + b"9" * 4301 + b"}"
+    huge += b" " * (-len(huge) % 8)
+    assert _code(struct.pack("<Q", len(huge)) + huge + raw[8 + n:]) == "header_json"
+    text = _manifest_text().replace('"format_version":1', '"format_version":' + "1" * 4301)
+    assert _code(_with_manifest_text(text)) == "manifest"
+    # an integer of 4300 digits parses, and then is no valid format_version
+    assert _code(_with_manifest_text(_manifest_text().replace('"format_version":1', '"format_version":' + "1" * 4300))) == "version"
+
+
+def test_non_scalar_dtype_and_param_are_bundle_errors():
+    p0 = "model.layers.0.mlp.up_proj.weight"
+    for dtype in (["F32"], {"F32": 1}):
+        raw = _resign(tensor_edit=lambda t, m: None)
+        pb = fmt.parse(raw)
+        text = raw[8:8 + pb.header_len].decode().replace(f'"{p0}":{{"dtype":"F32"', f'"{p0}":{{"dtype":{json.dumps(dtype, separators=(",", ":"))}')
+        hb = text.rstrip().encode()
+        hb += b" " * (-len(hb) % 8)
+        assert _code(struct.pack("<Q", len(hb)) + hb + pb.raw[pb.data_start:]) == "tensor_header"
+    for param in ([p0], {"p": p0}):
+        assert _code(_resign(manifest_edit=lambda m: m["tensors"][p0].update(param=param))) == "manifest"
+        lora = json.loads(_manifest_text(kind="lora"))
+        lora["tensors"]["model.layers.0.mlp.up_proj.lora_A"]["param"] = param
+        assert _code(_with_manifest_text(json.dumps(lora, sort_keys=True), kind="lora")) == "manifest"
+
+
+@pytest.mark.parametrize("alpha,scale", [(math.nan, math.nan), (math.inf, math.inf), (1e38, 2.5e37),
+                                         (8192.0, 2048.0), (8.0, math.inf)])
+def test_lora_alpha_and_scale_bounds(alpha, scale):
+    m = json.loads(_manifest_text(kind="lora"))
+    m["lora"].update(alpha=alpha, scale=scale)
+    assert _code(_with_manifest_text(json.dumps(m, sort_keys=True), kind="lora")) == "manifest"
+    m["lora"].update(alpha=8.0, scale=2.0, r=4.0)  # r must be an integer
+    assert _code(_with_manifest_text(json.dumps(m, sort_keys=True), kind="lora")) == "manifest"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -3e38, 1.6e37, 70000.0])
+@pytest.mark.parametrize("kind", ["merged", "lora"])
+def test_out_of_bound_tensor_values_are_refused_at_verify(kind, value):
+    """Re-signed bundles whose data holds NaN/Inf or |x| > 65504: 'values', for both kinds."""
+    pb = fmt.parse(_raw(f"executorch-{kind}"))
+    tensors = {n: pb.tensor(n) for n in pb.tensors}
+    manifest = json.loads(json.dumps(pb.manifest))
+    name = sorted(tensors)[1]
+    tensors[name] = tensors[name].clone()
+    tensors[name][0, 1] = value
+    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    assert _code(fmt.serialize(tensors, manifest, KEY)) == "values"
+    tensors[name][0, 1] = 65504.0  # the bound itself is allowed
+    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    core.verify(fmt.serialize(tensors, manifest, KEY), _art("executorch"), PUB)
+
+
+def _golden_adapter(scale_factors=1.0, alpha=8.0):
+    a = load_file(str(GOLDEN / "base" / "executorch.safetensors"))
+    g = torch.Generator().manual_seed(1)
+    from loragen_mobile.lora import LoraAdapter
+
+    factors = {p[: -len(".weight")]: (torch.randn(4, w.shape[1], generator=g) * scale_factors,
+                                      torch.randn(w.shape[0], 4, generator=g) * scale_factors) for p, w in a.items()}
+    return LoraAdapter(factors, r=4, alpha=alpha), a
+
+
+def test_build_refuses_to_sign_out_of_bound_content():
+    from loragen_mobile.lora import LoraAdapter
+
+    art = _art("executorch")
+    ad, base = _golden_adapter()
+    m = next(iter(ad.factors))
+    for bad in (math.nan, math.inf, 3e38):
+        a, b = ad.factors[m]
+        a = a.clone()
+        a[0, 0] = bad
+        broken = LoraAdapter({**ad.factors, m: (a, b)}, r=4, alpha=8.0)
+        with pytest.raises(BundleError) as e:
+            core.build(art, broken, "lora", private_key=KEY)
+        assert e.value.code == "values", bad
+        with pytest.raises(LoragenError) as e:  # merged: the merge itself refuses
+            core.build(art, broken, "merged", base=base, private_key=KEY)
+        assert e.value.code in ("merge", "values")
+    # finite factors whose product overflows the bound: the merged kind refuses, the lora kind is
+    # signed (factors within bounds) and its merge is refused at apply
+    big, _ = _golden_adapter(scale_factors=200.0)
+    with pytest.raises(LoragenError) as e:
+        core.build(art, big, "merged", base=base, private_key=KEY)
+    assert e.value.code == "merge" and "beyond +-65504" in str(e.value)
+    vb = core.verify(core.build(art, big, "lora", private_key=KEY), art, PUB)
+    with pytest.raises(BundleError) as e:
+        core.swap_tensors(vb, base)
+    assert e.value.code == "merge"
+    for alpha in (math.nan, math.inf):
+        with pytest.raises(LoragenError) as e:
+            LoraAdapter(ad.factors, r=4, alpha=alpha)
+        assert e.value.code == "adapter"
+    with pytest.raises(BundleError) as e:
+        core.build(art, LoraAdapter(ad.factors, r=4, alpha=1e38), "lora", private_key=KEY)
+    assert e.value.code == "build"
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", 2])
+def test_format_version_is_exactly_the_integer_1(version):
+    assert _code(_resign(manifest_edit=lambda m: m.update(format_version=version))) == "version"
+
+
+def test_signature_rule():
+    """A bundle that carries a signature is always verified; require_signature=False admits only
+    bundles with the all-zero signature; signature_verified says which happened."""
+    art = _art("executorch")
+    signed, unsigned = _raw("executorch-merged"), _raw("unsigned")
+    assert _code(signed, key=None, require=False) == "key_required"
+    assert _code(_raw("tampered-data"), key=None, require=False) == "key_required"
+    assert _code(_raw("tampered-data"), key=PUB, require=False) == "bad_signature"
+    # rewritten weights (manifest digest updated) under the old signature
+    pb = fmt.parse(signed)
+    tensors = {n: pb.tensor(n) for n in pb.tensors}
+    manifest = json.loads(json.dumps(pb.manifest))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] * 2
+    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    forged = bytearray(fmt.serialize(tensors, manifest))
+    at = forged.index(fmt.UNSIGNED.encode(), 8)
+    forged[at:at + 128] = pb.signature_hex.encode()
+    assert _code(bytes(forged), key=None, require=False) == "key_required"
+    assert _code(bytes(forged), key=PUB, require=False) == "bad_signature"
+    assert core.verify(signed, art, PUB, require_signature=False).signature_verified
+    assert core.verify(signed, art, PUB).signature_verified
+    assert not core.verify(unsigned, art, None, require_signature=False).signature_verified
+    assert not core.verify(unsigned, art, PUB, require_signature=False).signature_verified
+
+
+def test_same_inputs_same_bytes():
+    """No wall-clock time in the signed bytes: two builds are byte-identical."""
+    ad, base = _golden_adapter()
+    art = _art("onnx")
+    for kind in ("merged", "lora"):
+        one = core.build(art, ad, kind, base=base if kind == "merged" else None, private_key=KEY, task="t")
+        two = core.build(art, ad, kind, base=base if kind == "merged" else None, private_key=KEY, task="t")
+        assert one == two
+        assert "created" not in fmt.parse(one).manifest
+    # a caller-supplied time is kept (the golden vectors pin one)
+    with_time = core.build(art, ad, "lora", private_key=KEY, created="2026-01-01T00:00:00Z")
+    assert fmt.parse(with_time).manifest["created"] == "2026-01-01T00:00:00Z"

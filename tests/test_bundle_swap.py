@@ -53,14 +53,14 @@ def _compare(runner, model, adapter):
     """Prefill + STEPS teacher-forced decode steps vs eager PyTorch with the merged weights."""
     merged = lora.merge_into_model(copy.deepcopy(model), adapter)
     ref = Reference(merged)
-    r, a = ref.step(PROMPT), runner.prefill(PROMPT)
+    r, a = ref.step(PROMPT)[-1], runner.prefill(PROMPT)  # prefill returns the last position [vocab]
     diffs = [float((a - r).abs().max())]
     toks_ref, toks_art = [], []
     for _ in range(STEPS):
-        t_ref, t_art = int(r[-1].argmax()), int(a[-1].argmax())
+        t_ref, t_art = int(r.argmax()), int(a.argmax())
         toks_ref.append(t_ref)
         toks_art.append(t_art)
-        r, a = ref.step([t_ref]), runner.decode(t_ref)[None]
+        r, a = ref.step([t_ref])[-1], runner.decode(t_ref)
         diffs.append(float((a - r).abs().max()))
     return max(diffs), toks_ref, toks_art
 
@@ -193,9 +193,9 @@ def test_bundle_cli_round_trip_and_rejections(artifacts, model_dirs, keys, tmp_p
     import json
 
     assert main(["run", "--artifact", str(art), "--bundle", str(b), "--pubkey", str(k / "server.pub"),
-                 "--prompt", "Translate", "--max-new-tokens", "8", "--json"]) == 0
+                 "--prompt", "Translate", "--raw", "--max-new-tokens", "8", "--json"]) == 0
     swapped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"]
-    assert main(["run", "--artifact", str(tmp_path / "special"), "--prompt", "Translate", "--max-new-tokens", "8",
+    assert main(["run", "--artifact", str(tmp_path / "special"), "--prompt", "Translate", "--raw", "--max-new-tokens", "8",
                  "--json"]) == 0
     applied = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"]
     model, _ = _adapter(model_dirs["tiny-llama"])
@@ -218,3 +218,84 @@ def test_unsigned_bundle_needs_explicit_opt_in(artifacts, model_dirs, keys, tmp_
     with pytest.raises(Exception, match="already exists"):
         write_bundle(b"other", p)
     assert p.read_bytes() == raw
+
+
+def _cli_code(capsys, argv, code):
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines() if ln.startswith("loragen")]
+    assert len(lines) == 1 and lines[0].startswith(f"loragen: error: {code}: "), lines
+
+
+def test_cli_signature_rule_bounds_and_determinism(artifacts, model_dirs, keys, tmp_path, capsys):
+    """verify/apply/run: a signed bundle is always verified (--allow-unsigned admits only the
+    all-zero signature), 'signed' is printed only after a verification that passed, oversized
+    integers and out-of-bound values get one line with a code, and builds are reproducible."""
+    import json
+    import struct
+
+    from loragen_mobile.bundle import format as fmt
+
+    art = artifacts("executorch", "tiny-llama")
+    before = _digest(art)
+    _, ad = _adapter(model_dirs["tiny-llama"], seed=13)
+    lora.save_peft_adapter(ad, tmp_path / "ad")
+    k = keys["dir"]
+    # the same inputs give the same bytes (no wall-clock time in the manifest)
+    outs = []
+    for i in range(2):
+        outs.append(tmp_path / f"b{i}.bundle")
+        assert main(["bundle", "build", "--artifact", str(art), "--adapter", str(tmp_path / "ad"), "--kind", "lora",
+                     "--sign-key", str(k / "server.pem"), "--out", str(outs[-1])]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    signed = outs[0]
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(signed), "--artifact", str(art), "--pubkey", str(k / "server.pub")]) == 0
+    assert "signed, signature verified" in capsys.readouterr().out
+    # rewritten weights under the old signature
+    pb = fmt.parse(signed.read_bytes())
+    tensors = {n: pb.tensor(n) for n in pb.tensors}
+    manifest = json.loads(json.dumps(pb.manifest))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] * 3
+    from loragen_mobile.bundle.core import tensor_sha256
+
+    manifest["tensors"][name]["sha256"] = tensor_sha256(tensors[name])
+    forged = bytearray(fmt.serialize(tensors, manifest))
+    at = forged.index(fmt.UNSIGNED.encode(), 8)
+    forged[at:at + 128] = pb.signature_hex.encode()
+    (tmp_path / "forged.bundle").write_bytes(bytes(forged))
+    f = str(tmp_path / "forged.bundle")
+    _cli_code(capsys, ["bundle", "verify", f, "--artifact", str(art), "--allow-unsigned"], "key_required")
+    _cli_code(capsys, ["bundle", "verify", f, "--artifact", str(art), "--allow-unsigned", "--pubkey", str(k / "server.pub")],
+              "bad_signature")
+    _cli_code(capsys, ["bundle", "apply", f, "--artifact", str(art), "--allow-unsigned", "--out", str(tmp_path / "never")],
+              "key_required")
+    _cli_code(capsys, ["run", "--artifact", str(art), "--bundle", f, "--allow-unsigned", "--prompt", "x"], "key_required")
+    # the unsigned bundle is admitted with --allow-unsigned, and reported as UNSIGNED
+    unsigned = tmp_path / "u.bundle"
+    assert main(["bundle", "build", "--artifact", str(art), "--adapter", str(tmp_path / "ad"), "--kind", "lora",
+                 "--unsigned", "--out", str(unsigned)]) == 0
+    capsys.readouterr()
+    assert main(["bundle", "verify", str(unsigned), "--artifact", str(art), "--allow-unsigned"]) == 0
+    out = capsys.readouterr().out
+    assert "UNSIGNED" in out and "signed," not in out
+    # a 4301-digit integer in the header: one line with a code from verify, apply and run
+    raw = signed.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hb = raw[8:8 + n].rstrip()[:-1] + b',"zz":' + b"9" * 4301 + b"}"
+    hb += b" " * (-len(hb) % 8)
+    (tmp_path / "huge.bundle").write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+    h = str(tmp_path / "huge.bundle")
+    pub = ["--pubkey", str(k / "server.pub")]
+    _cli_code(capsys, ["bundle", "verify", h, "--artifact", str(art), *pub], "header_json")
+    _cli_code(capsys, ["bundle", "apply", h, "--artifact", str(art), *pub, "--out", str(tmp_path / "never")], "header_json")
+    _cli_code(capsys, ["run", "--artifact", str(art), "--bundle", h, *pub, "--prompt", "x"], "header_json")
+    # an adapter with a NaN factor is never signed
+    t = lora.load_peft_adapter(tmp_path / "ad")
+    m0 = sorted(t.factors)[0]
+    t.factors[m0][1][0, 0] = float("nan")
+    lora.save_peft_adapter(t, tmp_path / "ad-nan")
+    _cli_code(capsys, ["bundle", "build", "--artifact", str(art), "--adapter", str(tmp_path / "ad-nan"), "--kind", "lora",
+                       "--sign-key", str(k / "server.pem"), "--out", str(tmp_path / "nan.bundle")], "values")
+    assert not (tmp_path / "never").exists() and not (tmp_path / "nan.bundle").exists()
+    assert _digest(art) == before

@@ -62,13 +62,14 @@ def _swapped_reference(model_dir: Path, swap: dict[str, torch.Tensor]):
 
 def _logit_diffs(runner, ref: Reference, ids: list[int], steps: int = 8) -> list[float]:
     ref.reset()
-    r = ref.step(ids)
+    r = ref.step(ids)[-1]
     a = runner.prefill(ids)
+    assert a.shape == r.shape == (ref.model.config.vocab_size,)
     diffs = [float((a - r).abs().max())]
     for _ in range(steps):
-        t = int(r[-1].argmax())
-        r = ref.step([t])
-        a = runner.decode(t)[None]
+        t = int(r.argmax())
+        r = ref.step([t])[-1]
+        a = runner.decode(t)
         diffs.append(float((a - r).abs().max()))
     return diffs
 
@@ -112,6 +113,44 @@ def test_onnxruntime_genai_matches_transformers(preset, artifacts, model_dirs):
     assert got == _hf_greedy(model_dirs[preset], PROMPT, N_NEW)
     tok = og.Tokenizer(model)
     assert list(tok.encode("Hi")) == build_tokenizer()("Hi", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("backend", ["executorch", "onnx"])
+def test_runner_streams_tokens_as_they_are_chosen(backend, artifacts, model_dirs):
+    runner = get_exporter(backend).open_runner(artifacts(backend, "tiny-llama"))
+    it = runner.stream(PROMPT, N_NEW)
+    first = next(it)
+    assert runner.pos == len(PROMPT)  # only the prompt has run when the first token arrives
+    rest = list(it)
+    assert [first] + rest == runner.generate(PROMPT, N_NEW) == _hf_greedy(model_dirs["tiny-llama"], PROMPT, N_NEW)
+    with pytest.raises(LoragenError, match="max_new_tokens"):
+        runner.generate(PROMPT, 0)
+
+
+def test_runner_stops_at_the_artifacts_eos(edge_artifacts):
+    """The shipped edge model ends its answer with </s>: generate keeps it and stops, as HF does."""
+    from conftest import EDGE_ASSET
+
+    from loragen_mobile.models import load_tokenizer
+    from loragen_mobile.training import prompt_ids
+
+    from loragen_mobile.models import CHAT_TEMPLATE
+
+    art = read_artifact(edge_artifacts("onnx"))
+    assert art.meta["eos_token_ids"] == [2]
+    # the prompt contract, recorded once: the template and its placeholder rendering
+    assert art.meta["chat_template"] == CHAT_TEMPLATE
+    assert json.loads((art.path / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    assert art.meta["prompt_format"] == {"with_system": "{system}\n{input}\n", "without_system": "{input}\n",
+                                         "bos": True}
+    runner = get_exporter("onnx").open_runner(art.path)
+    ids = prompt_ids(load_tokenizer(EDGE_ASSET), None, "pmey")
+    m = load_model(EDGE_ASSET, dtype=torch.float32)
+    want = m.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist()
+    got = runner.generate(ids, 20)
+    assert got == want and got[-1] == 2 and 2 not in got[:-1] and len(got) < 20
+    longer = runner.generate(ids, 20, stop_at_eos=False)
+    assert len(longer) == 20 and longer[:len(got)] == got
 
 
 # ----------------------------------------------------------------------------------------- swap
@@ -205,6 +244,12 @@ def test_swap_slots_schema(artifacts, model_dirs):
             assert s["nbytes"] == 4 * int(np.prod(s["shape"]))
         if backend == "executorch":
             assert all(s["key"] == s["sha256"] for s in slots) and len({s["key"] for s in slots}) == len(slots)
+            # one data file (what the stock runners load); each slot is a byte range of it
+            assert art.meta["files"] == ["model.pte", "model.ptd"]
+            raw = (art.path / "model.ptd").read_bytes()
+            for s in slots:
+                assert s["file"] == "model.ptd" and s["offset"] % 16 == 0
+                assert hashlib.sha256(raw[s["offset"]:s["offset"] + s["nbytes"]]).hexdigest() == s["sha256"]
         else:
             assert all(s["key"] == s["name"] and s["offset"] % 64 == 0 for s in slots)
 
@@ -226,19 +271,19 @@ def test_corrupted_weights_fail_validate(artifacts, model_dirs, workdir):
     assert not rep.ok and checks["fingerprint"].ok and not checks["prefill_logits"].ok
     assert checks["prefill_logits"].value > 1e-3
 
-    # ExecuTorch: corrupt a foundation weight (embedding): fingerprint and logits fail
-    from loragen_mobile.exporters.executorch import FOUNDATION, _entries, _read_ptd, _write_ptd
+    # ExecuTorch: corrupt a foundation weight (embedding) in model.ptd: fingerprint and logits fail
+    from loragen_mobile.exporters.executorch import DATA, _ptd_ranges
 
     src = artifacts("executorch", "tiny-llama")
     bad = workdir / "et-corrupt"
     shutil.copytree(src, bad)
-    entries = _entries(_read_ptd(bad / FOUNDATION))
-    key = next(k for k in entries if "embed_tokens" in k)
-    data, layout, align = entries[key]
-    arr = np.frombuffer(data, dtype=np.float32).copy()
-    arr[: 128 * 80] += 0.5
-    entries[key] = (arr.tobytes(), layout, align)
-    _write_ptd(entries, bad / FOUNDATION)
+    emb = load_model(model_dirs["tiny-llama"], dtype=torch.float32).model.embed_tokens.weight
+    ranges = _ptd_ranges(bad / DATA)
+    off, size = ranges[next(k for k in ranges if "embed_tokens" in k)]  # not delegated: keyed by name
+    assert size == emb.numel() * 4
+    with open(bad / DATA, "r+b") as f:
+        f.seek(off)
+        f.write((emb.detach()[:80] + 0.5).numpy().tobytes())
     rep = get_exporter("executorch").validate(bad, model_dirs["tiny-llama"])
     checks = {c.name: c for c in rep.checks}
     assert not rep.ok and not checks["fingerprint"].ok and not checks["prefill_logits"].ok
@@ -264,7 +309,7 @@ def test_coreml_export_validate_and_swap(preset, artifacts, model_dirs, workdir)
     a = artifacts("coreml", preset)
     art = read_artifact(a, "coreml")
     assert art.meta["precision"] == "fp16" and art.meta["deployment_target"] == "iOS18"
-    assert [s["name"] for s in art.meta["states"]][:2] == ["k_cache_0", "v_cache_0"]
+    assert [s["name"] for s in art.meta["states"]] == ["keyCache", "valueCache"]
     rep = exp.validate(a, model_dirs[preset])
     assert rep.ok, rep.summary()
     with pytest.raises(LoragenError, match="macOS"):
@@ -311,6 +356,142 @@ def test_coreml_corrupt_foundation_fails(artifacts, model_dirs, workdir):
     checks = {c.name: c for c in rep.checks}
     assert not checks["fingerprint"].ok and not checks["weights_equal_model"].ok
     assert checks["weights_equal_model"].value == pytest.approx(7.0, abs=1.0)
+
+
+def test_coreml_spec_follows_the_stateful_llm_contract(artifacts, model_dirs):
+    """The package read back has swift-transformers' names, shapes and dtypes and last-token logits."""
+    import coremltools as ct
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    from loragen_mobile.exporters.coreml import PACKAGE
+
+    F16, I32 = ft.ArrayFeatureType.FLOAT16, ft.ArrayFeatureType.INT32
+    for preset in PRESETS:
+        a = artifacts("coreml", preset)
+        cfg = load_model(model_dirs[preset]).config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        d = ct.models.MLModel(str(a / PACKAGE), skip_model_load=True).get_spec().description
+        ins = {i.name: i.type.multiArrayType for i in d.input}
+        assert list(ins) == ["inputIds", "causalMask"]
+        ranges = {n: [(r.lowerBound, r.upperBound) for r in t.shapeRange.sizeRanges] for n, t in ins.items()}
+        assert ins["inputIds"].dataType == I32 and ranges["inputIds"] == [(1, 1), (1, MAX_CTX)]
+        assert ins["causalMask"].dataType == F16
+        assert ranges["causalMask"] == [(1, 1), (1, 1), (1, MAX_CTX), (1, MAX_CTX)]
+        kv_shape = [cfg.num_hidden_layers, 1, cfg.num_key_value_heads, MAX_CTX, head_dim]
+        assert [(s.name, list(s.type.stateType.arrayType.shape), s.type.stateType.arrayType.dataType)
+                for s in d.state] == [("keyCache", kv_shape, F16), ("valueCache", kv_shape, F16)]
+        assert [(o.name, list(o.type.multiArrayType.shape), o.type.multiArrayType.dataType)
+                for o in d.output] == [("logits", [1, 1, cfg.vocab_size], F16)]
+        meta = read_artifact(a, "coreml").meta
+        assert meta["logits"] == "last" and "swift-transformers" in meta["io_contract"]["consumer"]
+        assert [(i["name"], i["dtype"], i["ranges"]) for i in meta["inputs"]] == [
+            ("inputIds", "int32", [[1, 1], [1, MAX_CTX]]),
+            ("causalMask", "float16", [[1, 1], [1, 1], [1, MAX_CTX], [1, MAX_CTX]])]
+        assert meta["outputs"] == [{"name": "logits", "dtype": "float16", "shape": [1, 1, cfg.vocab_size]}]
+        assert [(s["name"], s["shape"]) for s in meta["states"]] == [("keyCache", kv_shape), ("valueCache", kv_shape)]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_coreml_graph_equals_eager_with_the_causal_mask_contract(preset, model_dirs):
+    """The module converted to Core ML (fp32, eager) fed the documented inputs equals transformers:
+    prefill in two chunks (q > 1 after a cached prefix), then decode steps; all_logits gives every row."""
+    from loragen_mobile.exporters.common import StatefulCoreMLLM
+
+    model = load_model(model_dirs[preset], dtype=torch.float32)
+    ref = Reference(model)
+    w = StatefulCoreMLLM(model, MAX_CTX).eval()
+    w_all = StatefulCoreMLLM(model, MAX_CTX, all_logits=True).eval()
+    mask = StatefulCoreMLLM.causal_mask
+    assert mask(2, 5).tolist() == [[[[0.0, 0.0, 0.0, 0.0, float("-inf")], [0.0] * 5]]]
+    want = ref.step(PROMPT)
+    diffs = []
+    with torch.no_grad():
+        for m in (w, w_all):
+            m(torch.tensor([PROMPT[:4]]), mask(4, 4))
+            got = m(torch.tensor([PROMPT[4:]]), mask(len(PROMPT) - 4, len(PROMPT)))[0]
+            assert got.shape == ((1 if m is w else len(PROMPT) - 4), model.config.vocab_size)
+            diffs.append(float((got - want[4:][-got.shape[0]:]).abs().max()))
+        pos = len(PROMPT)
+        for _ in range(6):
+            t = int(want[-1].argmax())
+            want = ref.step([t])
+            pos += 1
+            got = w(torch.tensor([[t]]), mask(1, pos))
+            assert got.shape == (1, 1, model.config.vocab_size)
+            diffs.append(float((got[0, -1] - want[-1]).abs().max()))
+    assert max(diffs) <= 1e-4, diffs
+    # in fp16 (Core ML's default compute precision) the -inf mask entries give no NaN
+    w16 = StatefulCoreMLLM(load_model(model_dirs[preset], dtype=torch.float16), MAX_CTX).eval()
+    with torch.no_grad():
+        got16 = w16(torch.tensor([PROMPT]), mask(len(PROMPT), len(PROMPT), torch.float16))[0, -1].float()
+    assert bool(torch.isfinite(got16).all())
+    ref.reset()
+    d16 = float((got16 - ref.step(PROMPT)[-1]).abs().max())
+    assert d16 <= 5e-2, d16  # the fp16 validation threshold
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_prefill_outputs_only_the_last_position(preset, artifacts, model_dirs):
+    """ONNX graph output and ExecuTorch method output are [1, 1, vocab] for a 10-token prefill, and
+    onnxruntime-genai takes the ONNX artifact as a last-token-logits model."""
+    import onnx
+    import onnxruntime_genai as og
+    from executorch.runtime import Runtime
+
+    vocab = load_model(model_dirs[preset]).config.vocab_size
+    a = artifacts("onnx", preset)
+    g = onnx.load(str(a / "model.onnx"), load_external_data=False).graph
+    out = next(o for o in g.output if o.name == "logits")
+    assert [d.dim_value if d.HasField("dim_value") else d.dim_param for d in out.type.tensor_type.shape.dim] == [1, 1, vocab]
+    assert read_artifact(a).meta["logits"] == "last"
+    runner = get_exporter("onnx").open_runner(a)
+    assert tuple(runner._forward(PROMPT, 0).shape) == (1, vocab)
+
+    model = og.Model(str(a))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(PROMPT) + 2)
+    gen = og.Generator(model, params)
+    gen.append_tokens(PROMPT)
+    assert gen.get_output("logits").shape == (1, 1, vocab)
+
+    e = artifacts("executorch", preset)
+    meta = read_artifact(e).meta
+    assert meta["logits"] == "last" and meta["outputs"][0]["shape"] == [1, 1, vocab]
+    data = [p for p in Path(e).glob("*.ptd")]
+    prog = Runtime.get().load_program(str(Path(e) / "model.pte"), data_path=str(data[0]) if len(data) == 1 else None)
+    got = prog.load_method("forward").execute([torch.tensor([PROMPT]), torch.arange(len(PROMPT))])[0]
+    assert tuple(got.shape) == (1, 1, vocab)
+
+
+def test_onnx_all_logits_export(model_dirs, workdir):
+    """all_logits=True: the graph returns every position; runners and onnxruntime-genai still work."""
+    import onnx
+    import onnxruntime_genai as og
+
+    exp = get_exporter("onnx")
+    art = exp.export(model_dirs["tiny-llama"], workdir / "onnx-all-logits", max_context=MAX_CTX, progress=False,
+                     all_logits=True)
+    assert art.meta["logits"] == "all" and art.meta["outputs"][0]["shape"] == [1, "seq", 260]
+    out = next(o for o in onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph.output
+               if o.name == "logits")
+    assert out.type.tensor_type.shape.dim[1].HasField("dim_param")
+    runner = exp.open_runner(art.path)
+    m = load_model(model_dirs["tiny-llama"], dtype=torch.float32)
+    with torch.no_grad():
+        want = m(input_ids=torch.tensor([PROMPT])).logits[0]
+    rows = runner._forward(PROMPT, 0)
+    assert rows.shape == want.shape and float((rows - want).abs().max()) <= 1e-4
+    assert exp.validate(art.path, model_dirs["tiny-llama"]).ok
+    model = og.Model(str(art.path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(PROMPT) + N_NEW)
+    gen = og.Generator(model, params)
+    gen.append_tokens(PROMPT)
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == _hf_greedy(model_dirs["tiny-llama"], PROMPT, N_NEW)
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -365,7 +546,7 @@ def test_cli_export_recipe_run_validate(model_dirs, workdir, capsys):
     assert art.meta["max_context"] == MAX_CTX
     capsys.readouterr()
     assert main(["run", "--artifact", str(out), "--prompt", "Hello, wo", "--max-new-tokens", str(N_NEW),
-                 "--json"]) == 0
+                 "--json", "--raw"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ids = build_tokenizer()("Hello, wo")["input_ids"]
     assert res["prompt_ids"] == ids and ids[0] == 1 and len(ids) == 10

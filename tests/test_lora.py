@@ -160,3 +160,53 @@ def test_merge_bad_input_leaves_files_untouched(tmp_path, preset_dirs, capsys):
 def test_adapter_rank_mismatch_is_rejected():
     with pytest.raises(LoragenError, match="do not have rank 4"):
         lora.LoraAdapter({"m": (torch.zeros(3, 8), torch.zeros(8, 3))}, r=4, alpha=4)
+
+
+def _adapter_variant(tmp_path, name, edit_tensors=None, edit_config=None):
+    d = tmp_path / name
+    d.mkdir()
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    if edit_config:
+        edit_config(cfg)
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    t = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
+    if edit_tensors:
+        t = edit_tensors(t)
+    save_file(t, str(d / "adapter_model.safetensors"))
+    return d
+
+
+def test_merge_refuses_unusable_adapters(tmp_path, preset_dirs, capsys):
+    """No tensors, integer factors, a NaN/Inf/non-integer r or alpha, or merged weights beyond
+    +-65504: one line with a code, nothing written."""
+    _setup(tmp_path, preset_dirs)
+    base = str(preset_dirs["tiny-llama"])
+    out = tmp_path / "out"
+    cases = [
+        (_adapter_variant(tmp_path, "empty", edit_tensors=lambda t: {}), "adapter: ", "holds no LoRA tensors"),
+        (_adapter_variant(tmp_path, "int32", edit_tensors=lambda t: {k: v.to(torch.int32) for k, v in t.items()}),
+         "adapter: ", "must be floating point"),
+        (_adapter_variant(tmp_path, "nan-alpha", edit_config=lambda c: c.update(lora_alpha=math.nan)), "adapter: ",
+         "finite number"),
+        (_adapter_variant(tmp_path, "inf-alpha", edit_config=lambda c: c.update(lora_alpha=math.inf)), "adapter: ",
+         "finite number"),
+        (_adapter_variant(tmp_path, "float-r", edit_config=lambda c: c.update(r=8.5)), "adapter: ", "positive integer"),
+        (_adapter_variant(tmp_path, "huge", edit_tensors=lambda t: {k: v * 3000 for k, v in t.items()}), "merge: ",
+         "beyond +-65504"),
+    ]
+    for d, code, msg in cases:
+        assert main(["merge", "--model", base, "--adapter", str(d), "--out", str(out)]) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("loragen")]
+        assert len(lines) == 1 and lines[0].startswith("loragen: error: " + code) and msg in lines[0], (d.name, lines)
+        assert not out.exists()
+
+
+def test_nan_alpha_never_merges():
+    """addmm with alpha=NaN would merge as if the scale were 1: the adapter refuses it first."""
+    with pytest.raises(LoragenError) as e:
+        lora.LoraAdapter({"m": (torch.zeros(4, 8), torch.zeros(8, 4))}, r=4, alpha=math.nan)
+    assert e.value.code == "adapter"
+    with pytest.raises(LoragenError) as e:
+        lora.merged_tensors({"m.weight": torch.full((8, 8), 62000.0)},
+                            lora.LoraAdapter({"m": (torch.ones(4, 8), torch.ones(8, 4))}, r=4, alpha=4096.0))
+    assert e.value.code == "merge"

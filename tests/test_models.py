@@ -90,3 +90,39 @@ def test_config_that_is_not_an_object(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(LoragenError, match="must hold a JSON object"):
         models.load_model(tmp_path)
+
+
+def test_chat_template_reproduces_the_training_layout(preset_dirs):
+    """The prompt contract: the chat template renders [BOS] (system "\\n") input "\\n" -> target [EOS]
+    byte for byte, for the shipped edge model's tokenizer, a preset directory and a directory
+    saved without a template (which gets models.CHAT_TEMPLATE)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from loragen_mobile.data import make_suite
+    from loragen_mobile.training import lm_example
+
+    asset = Path(models.__file__).parent / "assets" / "tiny-llama-edge"
+    cfg = json.loads((preset_dirs["tiny-llama"] / "tokenizer_config.json").read_text())
+    assert cfg["chat_template"] == models.CHAT_TEMPLATE  # in tokenizer_config.json, where og reads it
+    assert json.loads((asset / "tokenizer_config.json").read_text())["chat_template"] == models.CHAT_TEMPLATE
+    toks = [models.load_tokenizer(asset), models.load_tokenizer(preset_dirs["tiny-gemma"])]
+    bare = models.build_tokenizer()
+    bare.chat_template = None
+    bare.save_pretrained(preset_dirs["tiny-llama"].parent / "no-template")
+    assert AutoTokenizer.from_pretrained(preset_dirs["tiny-llama"].parent / "no-template").chat_template is None
+    toks.append(models.load_tokenizer(preset_dirs["tiny-llama"].parent / "no-template"))
+    recs = [r for s in ("reasoning", "tools") for split in ("train", "unseen")
+            for r in make_suite(s, split, seed=0, per_task=1)]
+    assert len(recs) >= 40
+    for tok in toks:
+        def b(text):
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        for r in recs:
+            for system in (r["system"], None):
+                head = b(f"{system}\n") if system else []
+                prompt = [1] + head + b(f"{r['input']}\n")
+                assert lm_example(tok, system, r["input"], None) == (prompt, len(prompt))
+                full = prompt + b(r["target"]) + [2]
+                assert lm_example(tok, system, r["input"], r["target"]) == (full, len(prompt))

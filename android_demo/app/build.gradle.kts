@@ -53,12 +53,12 @@ dependencies {
     implementation("androidx.lifecycle:lifecycle-runtime-compose:2.8.7")
     implementation("org.jetbrains.kotlinx:kotlinx-coroutines-android:1.9.0")
 
-    // runtimes: ExecuTorch (LlmModule with several data files needs a release that has the
-    // List<String> dataFiles constructor; see README) and ONNX Runtime (addExternalInitializers)
-    implementation("org.pytorch:executorch-android:1.0.0")
-    implementation("com.facebook.soloader:soloader:0.10.5")
-    implementation("com.facebook.fbjni:fbjni:0.5.1")
-    implementation("com.microsoft.onnxruntime:onnxruntime-android:1.20.0")
+    // runtimes, versions in gradle/libs.versions.toml (executorch = the exporter's pin; README lists
+    // the source of every API the app calls): ExecuTorch's LlmModule, ONNX Runtime's OrtSession
+    implementation(libs.executorch.android)
+    implementation(libs.fbjni)
+    implementation(libs.soloader.nativeloader)
+    implementation(libs.onnxruntime.android)
 
     // Ed25519 for devices whose platform JCA has none (core takes a Provider)
     implementation("org.bouncycastle:bcprov-jdk18on:1.79")

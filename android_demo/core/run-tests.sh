@@ -7,6 +7,8 @@
 # Idempotent. Installs what is missing:
 #   - the Kotlin compiler from the npm package kotlin-compiler (into android_demo/core/.tools/, git-ignored)
 #   - JUnit 4 + Hamcrest from Debian (apt-get install junit4; needs root, as in CI)
+# Tokenizer vectors come from the repository's .venv (tools/make_tokenizer_vectors.py, the `tokenizers`
+# library), written into the build directory while kotlinc runs; scripts/test.sh creates the .venv first.
 # Needs JDK 17+ (java, and the JDK's Ed25519). Last line of output: "N passed, M failed".
 set -euo pipefail
 
@@ -15,7 +17,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 KOTLIN_VERSION="${KOTLIN_VERSION:-2.4.20}"
 TOOLS="$HERE/.tools"
 KOTLIN_HOME="$TOOLS/kotlin-compiler-$KOTLIN_VERSION"
-BUILD="$TOOLS/build"
+BUILD="${LORAGEN_KOTLIN_BUILD:-$TOOLS/build}"
 JUNIT="/usr/share/java/junit4.jar"
 HAMCREST="/usr/share/java/hamcrest-core.jar"
 
@@ -42,18 +44,27 @@ if [ ! -f "$JUNIT" ] || [ ! -f "$HAMCREST" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq junit4 >/dev/null
 fi
 
+VENV_PY="$REPO/.venv/bin/python"
+[ -x "$VENV_PY" ] || { echo "run-tests.sh: $REPO/.venv is missing (bash scripts/test.sh creates it)" >&2; exit 2; }
+
 STDLIB="$KOTLIN_HOME/lib/kotlin-stdlib.jar"
 rm -rf "$BUILD"
 mkdir -p "$BUILD"
 start=$(date +%s)
+# tokenizer test vectors from the Python `tokenizers` library, generated alongside the compilation
+"$VENV_PY" "$HERE/tools/make_tokenizer_vectors.py" "$BUILD/tokenizer-vectors" >"$BUILD/tokenizer-vectors.log" 2>&1 &
+VECTORS_PID=$!
 # one kotlinc run for main + tests (one JVM start); -Werror keeps main and tests warning-free
 "$KOTLIN_HOME/bin/kotlinc" -jvm-target 17 -Werror -cp "$JUNIT:$HAMCREST" -d "$BUILD/classes" \
     "$HERE/src/main/kotlin" "$HERE/src/test/kotlin" 2>&1 | grep -v '^OpenJDK 64-Bit Server VM warning' || true
+if ! wait "$VECTORS_PID"; then
+    cat "$BUILD/tokenizer-vectors.log"; echo "run-tests.sh: tokenizer vector generation failed"; echo "0 passed, 1 failed"; exit 1
+fi
 [ -f "$BUILD/classes/dev/loragen/core/TestMain.class" ] || { echo "run-tests.sh: compilation failed"; echo "0 passed, 1 failed"; exit 1; }
 cp -r "$HERE/src/test/resources/." "$BUILD/classes/"
 echo "compiled in $(( $(date +%s) - start )) s"
 
 DUMP_OPT=()
 if [ -n "${LORAGEN_DUMP:-}" ]; then DUMP_OPT=("-Dloragen.dump=$LORAGEN_DUMP"); fi
-exec java -Xmx512m -Dloragen.golden="$REPO/tests/golden" "${DUMP_OPT[@]}" \
+exec java -Xmx512m -Dloragen.golden="$REPO/tests/golden" -Dloragen.tokenizerVectors="$BUILD/tokenizer-vectors" "${DUMP_OPT[@]}" \
     -cp "$BUILD/classes:$STDLIB:$JUNIT:$HAMCREST" dev.loragen.core.TestMain

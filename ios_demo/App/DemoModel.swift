@@ -90,7 +90,7 @@ final class DemoModel {
     /// fingerprint, compiles it once, and checks every swap slot in the compiled weight.bin.
     func select(_ a: LocalArtifact) {
         run("Loading \(a.name)") { [self] in
-            let tokenizer = try ByteLevelTokenizer(url: a.dir.appendingPathComponent("tokenizer.json"))
+            let tokenizer = try Tokenizer(url: a.dir.appendingPathComponent("tokenizer.json"))
             let model: TokenModel
             var compiled: URL?
             switch a.backend {
@@ -196,11 +196,14 @@ final class DemoModel {
             weights = .bundle(id: id, url: dest)
         default:
             let dest = BundleStore.swapPtd(id)
-            try ExecuTorchSwap.writeSwapPtd(bundle: vb, artifactSwapPtd: a.dir.appendingPathComponent("swap.ptd"), to: dest)
+            // model.ptd with the slots' bytes replaced; lora bundles are merged from model.ptd
+            try ExecuTorchSwap.writeSwapped(bundle: vb, artifactPtd: a.dir.appendingPathComponent("model.ptd"), to: dest)
             weights = .bundle(id: id, url: dest)
         }
         try e.load(weights)
-        let saved = e.tokenizer.encode(Self.systemPrompt(task)).count
+        let withTask = try Self.prompt(a, "", system: task), without = try Self.prompt(a, "")
+        let saved = e.tokenizer.encode(withTask, addSpecialTokens: false).count
+            - e.tokenizer.encode(without, addSpecialTokens: false).count
         let n = vb.params.count
         await set {
             $0.active = id
@@ -209,20 +212,39 @@ final class DemoModel {
         }
     }
 
-    /// The context a non-specialized model would need for the same behaviour.
-    nonisolated static func systemPrompt(_ task: String) -> String { "System: \(task)\n" }
+    /// The text for `message` (and an optional system message: the task description a non-specialized
+    /// model would need in context), as the artifact's chat template renders it: artifact.json
+    /// "prompt_format", written by `loragen export` (the engine's tokenizer adds the BOS id).
+    nonisolated static func prompt(_ a: LocalArtifact, _ message: String, system: String? = nil) throws -> String {
+        guard let fmt = a.manifest.json["prompt_format"]?.objectValue,
+              let template = fmt[system == nil ? "without_system" : "with_system"]?.stringValue else {
+            throw BundleError(.artifact, "artifact.json has no prompt_format; re-export it with loragen export")
+        }
+        var out = "", i = template.startIndex
+        while i < template.endIndex {
+            let rest = template[i...]
+            if rest.hasPrefix("{input}") {
+                out += message; i = template.index(i, offsetBy: 7)
+            } else if let s = system, rest.hasPrefix("{system}") {
+                out += s; i = template.index(i, offsetBy: 8)
+            } else {
+                out.append(template[i]); i = template.index(after: i)
+            }
+        }
+        return out
+    }
 
     // MARK: - chat
 
     func send(_ message: String) {
-        guard let e = engine else { status = "load an artifact first"; return }
+        guard let a = selected, let e = engine else { status = "load an artifact first"; return }
         let text = message.trimmingCharacters(in: .whitespacesAndNewlines)
         if text.isEmpty { return }
         chat.append(ChatLine(fromUser: true, text: text))
         chat.append(ChatLine(fromUser: false, text: ""))
         let idx = chat.count - 1
         run("Generation") { [self] in
-            let stats = try e.generate(prompt: "User: \(text)\nAssistant:", maxNewTokens: 128) { piece in
+            let stats = try e.generate(prompt: Self.prompt(a, text), maxNewTokens: 128) { piece in
                 // the main queue runs these in order, so the text arrives in token order
                 DispatchQueue.main.async { MainActor.assumeIsolated { self.chat[idx].text += piece } }
             }

@@ -5,11 +5,12 @@ import LoRAGenKit
 ///
 /// - `Documents/artifacts/<name>/`: exported artifacts, copied in with the Files app or Finder
 ///   (the app enables file sharing): `artifact.json`, `tokenizer.json` and either `model.mlpackage`
-///   (Core ML) or `model.pte` + `foundation.ptd` + `swap.ptd` (ExecuTorch).
+///   (Core ML) or `model.pte` + `model.ptd` (ExecuTorch: one data file holding all weights).
 /// - `Documents/keys/server.pub`: the service's Ed25519 public key (`loragen bundle keygen`).
 /// - `Application Support/compiled/<fingerprint>/model.mlmodelc`: the pristine compiled Core ML model.
 /// - `Application Support/bundles/`: downloaded bundles (`<id>.bundle`, `<id>.json`), and their
-///   swapped weights (`swapped/<id>.mlmodelc` for Core ML, `swapped/<id>.ptd` for ExecuTorch).
+///   swapped weights (`swapped/<id>.mlmodelc` for Core ML, `swapped/<id>.ptd` for ExecuTorch: a copy
+///   of the artifact's `model.ptd` with the swap slots' bytes replaced).
 enum Storage {
     static var documents: URL { FileManager.default.urls(for: .documentDirectory, in: .userDomainMask)[0] }
     static var support: URL { FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask)[0] }

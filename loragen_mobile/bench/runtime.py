@@ -41,7 +41,7 @@ def _time_runner(prefill, decode, prompt, n_decode, repeats):
         t0 = time.perf_counter()
         logits = prefill(prompt)
         t1 = time.perf_counter()
-        tok = int(logits[-1].argmax())
+        tok = int(logits.argmax())  # prefill returns the last position's logits [vocab]
         t2 = time.perf_counter()
         for _ in range(n_decode):
             tok = int(decode(tok).argmax())
@@ -70,7 +70,7 @@ def bench_model(model_dir, artifacts, prompt_tokens, decode_tokens, repeats):
 
     def eager_prefill(ids):
         ref.reset()
-        return ref.step(ids)
+        return ref.step(ids)[-1]
 
     with torch.inference_mode():
         _time_runner(eager_prefill, lambda t: ref.step([t])[-1], prompt, 2, 1)  # warm-up

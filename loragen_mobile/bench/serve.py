@@ -101,7 +101,7 @@ def run(args) -> dict:
         value = spec.metrics.registry.get_sample_value
         result["server"] = {name: value(f"loragen_{name}_total") for name in
                             ("generations", "bundles_built", "cache_hits", "coalesced")}
-        result["server"]["mean_batch"] = value("loragen_batch_size_sum") / max(1.0, result["server"]["generations"])
+        result["server"]["mean_batch"] = value("loragen_batch_size_sum") / max(1.0, value("loragen_batch_size_count"))
     errors = sum(s["errors"] for lv in result["levels"].values() for s in lv.values())
     result["errors"] = errors
     out = write_json(result, args.out)

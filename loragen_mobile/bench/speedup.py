@@ -36,7 +36,7 @@ def _time(runner, ids: list[int], answer: int, repeats: int) -> dict:
     for _ in range(repeats + 1):
         runner.reset()
         t0 = time.perf_counter()
-        tok = int(runner.prefill(ids)[-1].argmax())
+        tok = int(runner.prefill(ids).argmax())
         t1 = time.perf_counter()
         for _ in range(answer):
             tok = int(runner.decode(tok).argmax())

@@ -8,12 +8,12 @@ exporter's job; this module only decides *what* goes into and comes out of a bun
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 from dataclasses import dataclass
 
 import torch
 
+from ..errors import LoragenError
 from ..lora import LoraAdapter, merged_tensors
 from . import format as fmt
 from .format import BundleError
@@ -65,7 +65,11 @@ def tensor_sha256(t: torch.Tensor) -> str:
 def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch.Tensor] | None = None,
           private_key=None, generator_id: str | None = None, task: str | None = None,
           include_task: bool = False, created: str | None = None, task_sha256: str | None = None) -> bytes:
-    """Serialize a bundle for ``artifact``.
+    """Serialize a bundle for ``artifact``; the same inputs give the same bytes.
+
+    No wall-clock time enters the signed bytes: ``created`` is written only when the caller passes
+    one (the golden vectors do). Nothing out of bounds is signed: every tensor is checked against
+    the magnitude bounds of docs/bundle-format.md (code ``values``).
 
     merged: for every swap slot, W + scale * B @ A computed from ``base`` (the artifact's own
     values of the swappable tensors) in the slot's dtype. lora: the factors, cast to the slot's
@@ -74,6 +78,7 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     """
     if kind not in fmt.KINDS:
         raise BundleError(f"unknown bundle kind '{kind}'; use one of {', '.join(fmt.KINDS)}", code="kind")
+    check_lora_params(adapter.r, adapter.alpha, adapter.scale, code="build")
     slots = slots_by_param(artifact)
     extra = [m for m in adapter.factors if f"{m}.weight" not in slots]
     if extra:
@@ -117,12 +122,17 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
         "tensors": entries,
         "generator_id": generator_id,
         "task_sha256": hashlib.sha256(task.encode("utf-8")).hexdigest() if task is not None else task_sha256,
-        "created": created or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if created is not None:
+        manifest["created"] = created
     if kind == "lora":
         manifest["lora"] = {"r": adapter.r, "alpha": adapter.alpha, "scale": adapter.scale}
     if include_task and task is not None:
         manifest["task"] = task
+    for name, t in tensors.items():
+        why = fmt.value_violation(fmt._tensor_raw(t), entries[name]["dtype"])
+        if why:
+            raise BundleError(f"tensor {name} has {why}; refusing to build the bundle", code="values")
     if private_key is not None:
         from .keys import key_id
 
@@ -130,11 +140,26 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     return fmt.serialize(tensors, manifest, private_key)
 
 
+def check_lora_params(r, alpha, scale, code: str = "manifest") -> None:
+    """r: an integer 1..MAX_LORA_RANK (never a bool or a float); alpha, scale: finite numbers;
+    |scale| <= MAX_LORA_SCALE; scale = alpha / r (relative 1e-9)."""
+    a, sc = fmt.finite_number(alpha), fmt.finite_number(scale)
+    if (type(r) is not int or not 1 <= r <= fmt.MAX_LORA_RANK or a is None or sc is None
+            or abs(sc) > fmt.MAX_LORA_SCALE or abs(sc - a / r) > 1e-9 * max(1.0, abs(sc))):
+        raise BundleError(f"lora bundle has no valid 'lora' {{r, alpha, scale = alpha / r}} entry (r an integer "
+                          f"1..{fmt.MAX_LORA_RANK}, alpha and scale finite, |scale| <= {fmt.MAX_LORA_SCALE:g})", code=code)
+
+
+# manifest tensor entry fields and their JSON types
+_ENTRY_TYPES = {"param": str, "slot": dict, "dtype": str, "shape": list, "sha256": str}
+
+
 @dataclass
 class VerifiedBundle:
     parsed: fmt.ParsedBundle
     kind: str
     manifest: dict
+    signature_verified: bool = False
 
     @property
     def params(self) -> list[str]:
@@ -142,27 +167,27 @@ class VerifiedBundle:
 
 
 def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool = True) -> VerifiedBundle:
-    """Every check a phone makes before a swap; raises BundleError with one line on the first failure."""
+    """Every check a phone makes before a swap, in the order of docs/bundle-format.md; raises
+    BundleError with one line on the first failure."""
     pb = fmt.parse(raw)
-    if public_key is not None:
-        fmt.verify_signature(pb, public_key)
-    elif require_signature:
-        raise BundleError("a public key is required to verify this bundle", code="key_required")
-    else:
-        fmt.signing_digest(pb)  # the signature field must still be well formed and unique
+    verified = fmt.check_signature(pb, public_key, require_signature)
     m = pb.manifest
     kind = m.get("kind")
-    if kind not in fmt.KINDS:
+    if not isinstance(kind, str) or kind not in fmt.KINDS:
         raise BundleError(f"bundle kind {kind!r} is not one of {', '.join(fmt.KINDS)}", code="kind")
     base = m.get("base") if isinstance(m.get("base"), dict) else {}
-    if base.get("backend") != artifact.get("backend"):
+    if not fmt.json_equal(base.get("backend"), artifact.get("backend")):
         raise BundleError(f"bundle is for backend {base.get('backend')!r}, the artifact is {artifact.get('backend')!r}", code="backend")
-    if base.get("fingerprint") != artifact.get("fingerprint"):
+    if not fmt.json_equal(base.get("fingerprint"), artifact.get("fingerprint")):
         raise BundleError(f"bundle is bound to base fingerprint {str(base.get('fingerprint'))[:16]}..., "
                           f"the artifact's is {str(artifact.get('fingerprint'))[:16]}...", code="fingerprint")
     entries = m.get("tensors")
     if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
         raise BundleError("bundle manifest has no valid 'tensors' object", code="manifest")
+    for name, e in sorted(entries.items()):
+        for k, t in _ENTRY_TYPES.items():
+            if not isinstance(e.get(k), t):
+                raise BundleError(f"bundle manifest entry of tensor {name} has no valid '{k}' ({t.__name__ if t is not dict else 'object'})", code="manifest")
     if set(entries) != set(pb.tensors):
         names = set(entries or {}) ^ set(pb.tensors)
         raise BundleError(f"bundle manifest and tensors disagree on {sorted(names)[:1]}", code="manifest")
@@ -170,12 +195,12 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
     if kind == "merged":
         expected = set(slots)
     else:
-        expected = {f"{module_of(p)}.{w}" for p in {e.get("param") for e in entries.values()} if p in slots
+        expected = {f"{module_of(p)}.{w}" for p in {e["param"] for e in entries.values()} if p in slots
                     for w in ("lora_A", "lora_B")}
         lora = m.get("lora")
-        if (not isinstance(lora, dict) or not all(isinstance(lora.get(k), (int, float)) for k in ("r", "alpha", "scale"))
-                or lora["r"] <= 0 or abs(lora["scale"] - lora["alpha"] / lora["r"]) > 1e-9 * max(1.0, abs(lora["scale"]))):
+        if not isinstance(lora, dict):
             raise BundleError("lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry", code="manifest")
+        check_lora_params(lora.get("r"), lora.get("alpha"), lora.get("scale"))
     missing, extra = sorted(expected - set(pb.tensors)), sorted(set(pb.tensors) - expected)
     if missing:
         raise BundleError(f"bundle is missing tensor {missing[0]}", code="missing_tensor")
@@ -183,13 +208,13 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
         raise BundleError(f"bundle has unexpected tensor {extra[0]} (no such swap slot in the artifact)", code="extra_tensor")
     for name, e in sorted(entries.items()):
         te = pb.tensors[name]
-        slot = slots.get(e.get("param"))
+        slot = slots.get(e["param"])
         if slot is None:
-            raise BundleError(f"tensor {name} names parameter {e.get('param')!r}, which has no swap slot", code="slot")
-        if e.get("slot") != _locator(slot):
-            raise BundleError(f"tensor {name} is addressed to slot {e.get('slot')}, the artifact has {_locator(slot)}", code="slot")
-        if e.get("dtype") != te.dtype or e.get("shape") != list(te.shape):
-            raise BundleError(f"tensor {name}: manifest says {e.get('dtype')} {e.get('shape')}, data is {te.dtype} {list(te.shape)}", code="manifest")
+            raise BundleError(f"tensor {name} names parameter {e['param']!r}, which has no swap slot", code="slot")
+        if not fmt.json_equal(e["slot"], _locator(slot)):
+            raise BundleError(f"tensor {name} is addressed to slot {e['slot']}, the artifact has {_locator(slot)}", code="slot")
+        if e["dtype"] != te.dtype or not fmt.json_equal(e["shape"], list(te.shape)):
+            raise BundleError(f"tensor {name}: manifest says {e['dtype']} {e['shape']}, data is {te.dtype} {list(te.shape)}", code="manifest")
         want_dt = st_dtype(slot["dtype"])
         if te.dtype != want_dt:
             raise BundleError(f"tensor {name} has dtype {te.dtype}, the artifact's slot is {want_dt}", code="dtype")
@@ -202,9 +227,13 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
             ok = len(te.shape) == 2 and te.shape[0] == out_f and te.shape[1] == m["lora"]["r"]
         if not ok:
             raise BundleError(f"tensor {name} has shape {list(te.shape)}, which does not fit slot shape {slot['shape']}", code="shape")
-        if hashlib.sha256(pb.tensor_bytes(name)).hexdigest() != e.get("sha256"):
+        data = pb.tensor_bytes(name)
+        if hashlib.sha256(data).hexdigest() != e["sha256"]:
             raise BundleError(f"tensor {name} does not match its sha256 in the manifest", code="digest")
-    return VerifiedBundle(pb, kind, m)
+        why = fmt.value_violation(data, te.dtype)
+        if why:
+            raise BundleError(f"tensor {name} has {why}", code="values")
+    return VerifiedBundle(pb, kind, m, verified)
 
 
 def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -220,6 +249,10 @@ def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None
         if n.endswith(".lora_A"):
             m = module_of(e["param"])
             factors[m] = (vb.parsed.tensor(n), vb.parsed.tensor(f"{m}.lora_B"))
-    adapter = LoraAdapter(factors, r=int(lora["r"]), alpha=float(lora["alpha"]))
-    new = merged_tensors({p: base[p] for p in (f"{m}.weight" for m in factors)}, adapter)
-    return new
+    adapter = LoraAdapter(factors, r=lora["r"], alpha=float(lora["alpha"]))
+    try:
+        return merged_tensors({p: base[p] for p in (f"{m}.weight" for m in factors)}, adapter)
+    except BundleError:
+        raise
+    except LoragenError as e:  # a merged weight out of bounds: the bundle does not fit this base
+        raise BundleError(str(e), code="merge") from None

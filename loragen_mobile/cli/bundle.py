@@ -41,14 +41,16 @@ def register(sub):
     v.add_argument("bundle")
     v.add_argument("--artifact", required=True)
     v.add_argument("--pubkey", help="Ed25519 public key (PEM)")
-    v.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned bundle when no --pubkey is given")
+    v.add_argument("--allow-unsigned", action="store_true", help="also accept a bundle that carries the all-zero 'unsigned' signature "
+                   "(a signed bundle is always verified and needs --pubkey)")
     v.set_defaults(func=run_verify)
 
     a = bs.add_parser("apply", help="write a new artifact directory with the bundle swapped in (no re-export)")
     a.add_argument("bundle")
     a.add_argument("--artifact", required=True)
     a.add_argument("--pubkey", help="Ed25519 public key (PEM)")
-    a.add_argument("--allow-unsigned", action="store_true")
+    a.add_argument("--allow-unsigned", action="store_true",
+                   help="also accept an unsigned bundle (a signed bundle is always verified and needs --pubkey)")
     a.add_argument("--out", required=True, help="new specialized artifact directory (must not exist)")
     a.set_defaults(func=run_apply)
 
@@ -79,7 +81,8 @@ def run_verify(args):
     from ..bundle import verify_bundle
 
     vb = verify_bundle(args.bundle, args.artifact, _pub(args), require_signature=not args.allow_unsigned)
-    state = "signed" if vb.parsed.signed else "UNSIGNED"
+    # "signed" only after an Ed25519 verification that passed (verify refuses any other signed bundle)
+    state = "signed, signature verified" if vb.signature_verified else "UNSIGNED"
     print(f"OK: {vb.kind} bundle, {len(vb.parsed.tensors)} tensors, {state}, bound to {args.artifact}")
 
 

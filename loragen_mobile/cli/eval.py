@@ -19,8 +19,10 @@ def register(sub):
 
 
 def run(args):
+    from ..data import read_jsonl
     from ..generator.evaluate import METHODS, evaluate, format_report, write_report
 
+    read_jsonl(args.data)  # a bad data file fails before the generator is loaded
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else METHODS
     report = evaluate(args.generator, args.data, methods=methods, lora_steps=args.lora_steps)
     write_report(report, args.out)

@@ -30,15 +30,66 @@ def register(sub):
 
 
 def run(args):
-    from ..errors import LoragenError
+    from . import usage_error
+
+    if not args.recipe and not args.backend:
+        raise usage_error("give --recipe FILE or --backend executorch|onnx|coreml")
+    if args.max_context is not None and args.max_context < 8:
+        raise usage_error(f"--max-context must be at least 8 tokens, got {args.max_context}")
+    if args.targets is not None and not args.targets.replace(",", " ").strip():
+        raise usage_error("--targets is empty; give comma-separated module names (e.g. gate_proj,up_proj,down_proj) "
+                          "or leave the option out for the defaults")
+    if args.unmerged_adapter is not None:
+        check_adapter_fits(args.model, args.unmerged_adapter)
+
     from ..exporters import export
     from ..models import parse_targets
 
-    if not args.recipe and not args.backend:
-        raise LoragenError("give --recipe FILE or --backend executorch|onnx|coreml")
     art = export(args.model, args.out, backend=args.backend, recipe=args.recipe, max_context=args.max_context,
                  quantize=args.quantize, targets=parse_targets(args.targets) if args.targets else None,
                  dtype=args.dtype, progress=not args.no_progress, adapter=args.unmerged_adapter)
     m = art.meta
     print(f"wrote {m['backend']} artifact to {art.path} ({m['precision']}, max context {m['max_context']}, "
           f"{len(m['swap_slots'])} swap slots, fingerprint {m['fingerprint'][:16]})")
+
+
+def check_adapter_fits(model_dir, adapter_dir) -> None:
+    """Refuse (code ``shape``) an adapter whose modules the model lacks or whose B @ A has another shape
+    than the weight, reading only the safetensors headers of the model (no weights are loaded)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    from ..errors import LoragenError
+    from ..lora import load_peft_adapter
+
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise LoragenError(f"model directory {d} does not exist", code="not-found")
+    adapter = load_peft_adapter(adapter_dir)
+    try:
+        model_type = json.loads((d / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None  # the exporter reports a broken model directory itself
+    if adapter.model_type and model_type and adapter.model_type != model_type:
+        raise LoragenError(f"adapter {adapter_dir} was made for model_type '{adapter.model_type}', "
+                           f"model {d} is '{model_type}'", code="shape")
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    shapes[k] = tuple(st.get_slice(k).get_shape())
+    except (SafetensorError, OSError):
+        return  # unreadable weights: the exporter reports them
+    if not shapes:
+        return
+    for name, (a, b) in adapter.factors.items():
+        key = f"{name}.weight"
+        if key not in shapes:
+            raise LoragenError(f"adapter {adapter_dir} targets {name}, which model {d} does not have", code="shape")
+        want = (b.shape[0], a.shape[1])
+        if shapes[key] != want:
+            raise LoragenError(f"adapter {adapter_dir} does not fit model {d}: {key} is {shapes[key]}, "
+                               f"the adapter's B @ A is {want}", code="shape")

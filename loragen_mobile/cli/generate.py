@@ -28,7 +28,7 @@ def run(args):
     from ..generator.store import generate_batch, read_task_file
 
     if args.tasks and args.merge_into:
-        raise LoragenError("--merge-into works with a single --task")
+        raise LoragenError("--merge-into works with a single --task", code="usage")
     refuse_existing(args.out)
     if args.tasks:
         tasks, names = read_task_file(args.tasks)

@@ -9,12 +9,15 @@ EXAMPLES = """
 """
 
 
-def register(sub):
-    from ..models import PRESETS
+# the names of loragen_mobile.models.PRESETS (importing that module loads torch; a test keeps
+# this list equal to it)
+PRESET_NAMES = ("tiny-llama", "tiny-gemma", "tiny-cloud", "tinyllama-1.1b", "gemma-2b")
 
+
+def register(sub):
     p = add_verb(sub, "init-model", "write a preset model (config, safetensors, tokenizer) as an HF directory", EXAMPLES)
-    p.add_argument("--preset", required=True, choices=list(PRESETS))
-    p.add_argument("--out", required=True, help="new directory to create (must not exist)")
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
+    p.add_argument("--out", required=True, help="new directory to create (must not exist; missing parents are created)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
     p.set_defaults(func=run)

@@ -23,6 +23,12 @@ def register(sub):
     p.add_argument("--batch-window-ms", type=float, default=10,
                    help="how long the first new request waits for others to share its generator forward")
     p.add_argument("--max-batch", type=int, default=16, help="most task descriptions per generator forward")
+    p.add_argument("--header-timeout-s", type=float, default=10,
+                   help="close a connection whose request headers are not complete within this many seconds")
+    p.add_argument("--body-timeout-s", type=float, default=30,
+                   help="answer 408 when a request body is not complete this many seconds after its headers")
+    p.add_argument("--auth-failures-per-minute", type=float, default=10,
+                   help="invalid API keys accepted per client address before 429 (burst: one minute's worth)")
     p.add_argument("--add-api-key", metavar="NAME", help="create a key in --api-keys, print it once, and exit")
     p.add_argument("--key-artifacts", default="*", help="with --add-api-key: comma-separated artifact names or fingerprints")
     p.add_argument("--key-rate", type=float, default=60, help="with --add-api-key: requests per minute")
@@ -43,8 +49,13 @@ def run(args):
         raise LoragenError(f"missing {', '.join(missing)}")
     if args.max_task_bytes < 1 or args.max_batch < 1 or args.batch_window_ms < 0:
         raise LoragenError("--max-task-bytes and --max-batch must be positive, --batch-window-ms not negative")
+    if not (args.header_timeout_s > 0 and args.body_timeout_s > 0 and args.auth_failures_per_minute > 0):
+        raise LoragenError("--header-timeout-s, --body-timeout-s and --auth-failures-per-minute must be positive",
+                           code="usage")
     cfg = ServiceConfig(generator_dir=args.generator, artifacts=args.artifact, sign_key=args.sign_key, store=args.store,
                         api_keys=args.api_keys, max_task_bytes=args.max_task_bytes,
                         store_max_bytes=int(args.store_max_mb * 2 ** 20) if args.store_max_mb else None,
-                        batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+                        batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch,
+                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                        auth_failures_per_minute=args.auth_failures_per_minute)
     serve(cfg, args.host, args.port)

@@ -25,6 +25,11 @@ def register(sub):
 
 
 def run(args):
+    from . import usage_error
+
+    for opt, v in (("--max-steps", args.max_steps), ("--save-every", args.save_every)):
+        if v is not None and v < 1:
+            raise usage_error(f"{opt} must be at least 1, got {v}")
     from ..generator import load_config, train
 
     cfg = load_config(args.config, {"cloud": args.cloud, "max_steps": args.max_steps, "save_every": args.save_every})

@@ -24,6 +24,13 @@ def register(sub):
 
 
 def run(args):
+    from . import usage_error
+
+    for opt, v in (("--max-steps", args.max_steps), ("--tokens-per-step", args.tokens_per_step)):
+        if v is not None and v < 1:
+            raise usage_error(f"{opt} must be at least 1, got {v}")
+    if args.lr is not None and not args.lr > 0:
+        raise usage_error(f"--lr must be positive, got {args.lr}")
     from ..edge_training import EdgeTrainConfig, train_edge
 
     cfg = EdgeTrainConfig.load(args.config, {"max_steps": args.max_steps, "lr": args.lr,

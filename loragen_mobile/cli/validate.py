@@ -25,16 +25,19 @@ def run(args):
 
     from ..errors import LoragenError
     from ..exporters import validate_artifact
+    from ..fsutil import atomic_file
 
     if args.steps < 1:
-        raise LoragenError("--steps must be at least 1")
+        raise LoragenError("--steps must be at least 1", code="usage")
     for out in (args.json, args.junit):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise LoragenError(f"parent directory of {out} does not exist")
+        if out and Path(out).is_dir():
+            raise LoragenError(f"{out} is a directory", code="exists")
     report = validate_artifact(args.artifact, args.model, steps=args.steps)
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        with atomic_file(args.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if args.junit:
-        Path(args.junit).write_text(report.to_junit())
+        with atomic_file(args.junit, overwrite=True) as tmp:
+            tmp.write_text(report.to_junit())
     print(report.summary())
     return 0 if report.ok else 1

@@ -60,23 +60,34 @@ def validate_record(rec, where: str = "record") -> dict:
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "data file"):
-    """Yield ``(where, object)`` for each non-blank line of a JSONL file; one-line errors."""
+    """Yield ``(where, object)`` for each non-blank line of a JSONL file; one-line errors.
+
+    Every malformed line (invalid UTF-8, invalid JSON, numbers Python refuses to parse such as
+    integers longer than 4300 digits) raises a LoragenError with code ``jsonl`` naming FILE:LINE.
+    """
     p = Path(path)
     if not p.is_file():
-        raise LoragenError(f"{what} {p} does not exist")
+        raise LoragenError(f"{what} {p} does not exist", code="not-found")
     n = 0
-    with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LoragenError(f"{p}:{i}: not valid UTF-8 (byte {e.start}: {e.reason})", code="jsonl") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LoragenError(f"{p}:{i}: not valid JSON: {e}") from None
+                raise LoragenError(f"{p}:{i}: not valid JSON: {e}", code="jsonl") from None
+            except (ValueError, RecursionError) as e:  # e.g. an integer longer than sys.get_int_max_str_digits()
+                msg = str(e).split(";")[0] if isinstance(e, ValueError) else "nested too deeply"
+                raise LoragenError(f"{p}:{i}: not valid JSON: {msg}", code="jsonl") from None
             n += 1
             yield f"{p}:{i}", obj
     if not n:
-        raise LoragenError(f"{what} {p} has no records")
+        raise LoragenError(f"{what} {p} has no records", code="jsonl")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

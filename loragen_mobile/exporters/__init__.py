@@ -30,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -198,6 +198,9 @@ def read_swap_tensors(artifact_dir) -> dict[str, torch.Tensor]:
 
 
 def copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
+    """Copy the tokenizer and config files into an artifact. The chat template (the prompt
+    contract) is written into the copied tokenizer_config.json, where Hugging Face,
+    onnxruntime-genai and other stock runtimes read it, whatever file the source kept it in."""
     names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
              "generation_config.json", "config.json"]
     copied = []
@@ -205,7 +208,62 @@ def copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
         if (Path(model_dir) / n).is_file():
             shutil.copy2(Path(model_dir) / n, out / n)
             copied.append(n)
+    cfg_path = out / "tokenizer_config.json"
+    if cfg_path.is_file():
+        cfg, template = read_json_object(cfg_path), chat_template(model_dir)
+        if cfg.get("chat_template") != template:
+            cfg["chat_template"] = template
+            cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return copied
+
+
+def chat_template(model_dir) -> str:
+    """The model directory's chat template (see :func:`loragen_mobile.models.load_tokenizer`)."""
+    from ..models import load_tokenizer
+
+    return _default_template(load_tokenizer(model_dir))
+
+
+def _default_template(tok) -> str:
+    t = tok.chat_template
+    return t["default"] if isinstance(t, dict) else t
+
+
+def prompt_meta(model_dir) -> dict:
+    """artifact.json's prompt fields: the chat template, its rendering for runtimes without a
+    Jinja engine, and the ids that end a generation.
+
+    ``prompt_format`` is the template rendered by transformers with the placeholders ``{system}``
+    and ``{input}``; a leading BOS text is removed and ``bos: true`` says the runtime adds the BOS
+    id itself (as onnxruntime-genai with add_special_tokens, ExecuTorch's runner and the demo
+    apps' tokenizers do).
+    """
+    from ..models import load_tokenizer
+    from ..training import chat_messages
+
+    tok = load_tokenizer(model_dir)
+
+    def render(system):
+        text = tok.apply_chat_template(chat_messages(system, "{input}"), tokenize=False,
+                                       add_generation_prompt=True)
+        bos = bool(tok.bos_token) and text.startswith(tok.bos_token)
+        return (text[len(tok.bos_token):] if bos else text), bos
+
+    with_system, bos = render("{system}")
+    without_system, _ = render(None)
+    from transformers import GenerationConfig
+
+    from ..models import read_config
+
+    eos = {tok.eos_token_id, read_config(model_dir).get("eos_token_id")}
+    try:
+        eos.add(GenerationConfig.from_pretrained(str(model_dir), local_files_only=True).eos_token_id)
+    except OSError:
+        pass
+    eos = {i for e in eos for i in (e if isinstance(e, list) else [e]) if i is not None}
+    return {"chat_template": _default_template(tok),
+            "prompt_format": {"with_system": with_system, "without_system": without_system, "bos": bos},
+            "eos_token_ids": sorted(int(i) for i in eos)}
 
 
 def common_meta(model, model_dir: Path, backend: str, precision: str, max_context: int, targets,
@@ -227,6 +285,7 @@ def common_meta(model, model_dir: Path, backend: str, precision: str, max_contex
         "target_modules": list(targets),
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
+        **prompt_meta(model_dir),
     }
 
 
@@ -234,9 +293,12 @@ def common_meta(model, model_dir: Path, backend: str, precision: str, max_contex
 
 
 class Runner:
-    """Host runtime for an artifact: greedy decoding with the KV cache.
+    """Host runtime for an artifact: decoding with the KV cache (greedy or sampled, streamed,
+    ending at the artifact's EOS ids).
 
-    Subclasses implement ``_forward(ids: list[int], start: int) -> Tensor[len(ids), vocab]``.
+    Subclasses implement ``_forward(ids: list[int], start: int) -> Tensor[rows, vocab]``: the rows the
+    graph returns (the last position only by default; every position for an ``all_logits`` export).
+    ``prefill`` and ``decode`` both return the last row, float32 ``[vocab]``.
     """
 
     max_context: int
@@ -269,32 +331,107 @@ class Runner:
             )
         logits = self._forward(ids, self.pos)
         self.pos += len(ids)
-        return logits
+        return logits[-1]
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Reset the cache and run the prompt; returns float32 logits ``[len(ids), vocab]``."""
+        """Reset the cache and run the prompt; returns the float32 logits of its last position ``[vocab]``."""
         self.reset()
         return self._feed(ids)
 
     def decode(self, token: int) -> torch.Tensor:
         """Append one token to the cache; returns float32 logits ``[vocab]``."""
-        return self._feed([token])[-1]
+        return self._feed([token])
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy decoding with the KV cache; returns the new tokens only (no early stop at EOS)."""
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """The token ids that end a generation (artifact.json ``eos_token_ids``)."""
+        return artifact_eos_ids(self.artifact.meta)
+
+    def stream(self, ids: list[int], max_new_tokens: int, sampling: "Sampling | None" = None,
+               stop_at_eos: bool = True) -> Iterator[int]:
+        """Decode with the KV cache, yielding each new token id as soon as it is chosen.
+
+        Greedy (argmax) unless ``sampling`` is given. Stops after an EOS id (which is yielded, as
+        Hugging Face's ``generate`` keeps it) or after ``max_new_tokens`` tokens.
+        """
+        if max_new_tokens < 1:
+            raise LoragenError("max_new_tokens must be at least 1", code="usage")
         if len(ids) + max_new_tokens > self.max_context:
             raise LoragenError(
                 f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds max context {self.max_context}"
             )
-        logits = self.prefill(ids)[-1]
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            t = int(torch.argmax(logits))
-            out.append(t)
-            if len(out) == max_new_tokens:
-                break
-            logits = self.decode(t)
-        return out
+        pick = sampling.picker() if sampling is not None else _argmax
+        eos = self.eos_ids if stop_at_eos else frozenset()
+        logits = _last_row(self.prefill(ids))
+
+        def tokens() -> Iterator[int]:
+            nonlocal logits
+            for i in range(max_new_tokens):
+                t = pick(logits)
+                yield t
+                if t in eos or i + 1 == max_new_tokens:
+                    return
+                logits = _last_row(self.decode(t))
+
+        return tokens()
+
+    def generate(self, ids: list[int], max_new_tokens: int, sampling: "Sampling | None" = None,
+                 stop_at_eos: bool = True) -> list[int]:
+        """The new tokens of :meth:`stream` as a list (greedy unless ``sampling`` is given; ends at EOS)."""
+        return list(self.stream(ids, max_new_tokens, sampling=sampling, stop_at_eos=stop_at_eos))
+
+
+def _last_row(logits: torch.Tensor) -> torch.Tensor:
+    return logits[-1] if logits.dim() == 2 else logits
+
+
+def _argmax(logits: torch.Tensor) -> int:
+    return int(torch.argmax(logits))
+
+
+def artifact_eos_ids(meta: dict) -> frozenset[int]:
+    ids = meta.get("eos_token_ids", meta.get("eos_token_id"))
+    if ids is None:
+        return frozenset()
+    return frozenset(int(i) for i in (ids if isinstance(ids, list) else [ids]))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Multinomial sampling settings: temperature, nucleus (top-p) and the seed of the random draws.
+
+    The warpers are transformers' own (``TemperatureLogitsWarper``, ``TopPLogitsWarper``) and the
+    draws come from a ``torch.Generator`` seeded with ``seed``, so a run equals Hugging Face's
+    ``generate(do_sample=True, temperature=..., top_p=..., top_k=0)`` after ``torch.manual_seed(seed)``.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        import math
+
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise LoragenError(f"temperature must be a positive number, got {self.temperature}", code="usage")
+        if not (0 < self.top_p <= 1):
+            raise LoragenError(f"top-p must lie in (0, 1], got {self.top_p}", code="usage")
+
+    def picker(self):
+        """A fresh token chooser (its own random generator) for one generation."""
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(self.temperature)])
+        if self.top_p < 1:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        gen = torch.Generator().manual_seed(int(self.seed))
+        none = torch.zeros((1, 0), dtype=torch.long)
+
+        def pick(logits: torch.Tensor) -> int:
+            scores = warpers(none, logits.float().reshape(1, -1))
+            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=gen)[0, 0])
+
+        return pick
 
 
 # --------------------------------------------------------------------------- validation
@@ -380,22 +517,23 @@ def check_fingerprint(report: ValidationReport, exporter, art: Artifact) -> None
 
 def check_logits(report: ValidationReport, runner: Runner, model, prompt: list[int], steps: int,
                  threshold: float) -> None:
-    """Compare prefill and ``steps`` decode steps with eager PyTorch (fp32), teacher-forced."""
+    """Compare the prefill's last-position logits and ``steps`` decode steps with eager PyTorch (fp32),
+    teacher-forced."""
     from .common import Reference
 
     ref = Reference(model.float())
     ref.reset()
-    r_logits = ref.step(prompt)
+    r_logits = ref.step(prompt)[-1]
     a_logits = runner.prefill(prompt)
-    d = float((a_logits - r_logits).abs().max())
+    d = float((a_logits - r_logits).abs().max()) if a_logits.shape == r_logits.shape else float("inf")
     report.add("prefill_logits", d <= threshold, f"max abs diff {d:.3g} (<= {threshold:g})", d, threshold)
     same = True
     for i in range(steps):
-        tok = int(r_logits[-1].argmax())
-        same &= tok == int(a_logits[-1].argmax())
-        r_logits = ref.step([tok])
-        a_logits = runner.decode(tok)[None]
-        d = float((a_logits - r_logits).abs().max())
+        tok = int(r_logits.argmax())
+        same &= tok == int(a_logits.argmax())
+        r_logits = ref.step([tok])[-1]
+        a_logits = runner.decode(tok)
+        d = float((a_logits - r_logits).abs().max()) if a_logits.shape == r_logits.shape else float("inf")
         report.add(f"decode_step_{i + 1}_logits", d <= threshold, f"max abs diff {d:.3g} (<= {threshold:g})",
                    d, threshold)
     report.add("greedy_tokens", same or threshold > 1e-4,
@@ -559,16 +697,33 @@ def validate_artifact(artifact_dir, model_dir, *, steps: int = 8) -> ValidationR
     return get_exporter(art.backend).validate(art.path, model_dir, steps=steps)
 
 
-def generate_text(artifact_dir, prompt: str, max_new_tokens: int = 32, swap=None) -> dict:
-    """Greedy generation on the host runtime; returns prompt/new token ids and the decoded text."""
-    from ..models import load_tokenizer
+def generate_text(artifact_dir, prompt: str, max_new_tokens: int = 32, swap=None, *, system: str | None = None,
+                  raw: bool = False, sampling: Sampling | None = None, on_token=None) -> dict:
+    """Generate on the host runtime with the artifact's prompt contract.
 
+    The prompt is rendered with the chat template in the artifact's tokenizer_config.json (with
+    ``system`` as the optional system message); ``raw=True`` encodes ``prompt`` as it is (BOS
+    added by the tokenizer). Greedy unless ``sampling``; ends at an EOS id or after
+    ``max_new_tokens``. ``on_token(id)`` is called with each new token as it is chosen.
+    Returns the prompt and new token ids, the decoded text (special tokens skipped) and why it
+    stopped (``"eos"`` or ``"length"``).
+    """
+    from ..models import load_tokenizer
+    from ..training import prompt_ids
+
+    if raw and system is not None:
+        raise LoragenError("a system prompt is part of the chat template; it cannot go with raw text", code="usage")
     art = read_artifact(artifact_dir)
     tok = load_tokenizer(art.path)
-    ids = tok(prompt)["input_ids"]
+    ids = tok(prompt)["input_ids"] if raw else prompt_ids(tok, system, prompt)
     runner = get_exporter(art.backend).open_runner(art.path, swap=swap)
-    new = runner.generate(ids, max_new_tokens)
-    return {"prompt_ids": ids, "tokens": new, "text": tok.decode(new, skip_special_tokens=False)}
+    new: list[int] = []
+    for t in runner.stream(ids, max_new_tokens, sampling=sampling):
+        new.append(t)
+        if on_token is not None:
+            on_token(t)
+    stop = "eos" if new and new[-1] in runner.eos_ids else "length"
+    return {"prompt_ids": ids, "tokens": new, "text": tok.decode(new, skip_special_tokens=True), "stop": stop}
 
 
 def open_artifact_runner(artifact_dir, swap=None) -> Runner:
@@ -610,4 +765,5 @@ def swap_param_names(model, targets) -> list[str]:
 
 __all__ = ["Artifact", "Exporter", "Runner", "ValidationReport", "Check", "get_exporter", "available_backends",
            "read_artifact", "read_swap_tensors", "check_swap", "open_artifact_runner", "export", "validate_artifact", "generate_text",
+           "Sampling", "prompt_meta",
            "load_recipe", "ARTIFACT_SCHEMA", "THRESHOLDS"]

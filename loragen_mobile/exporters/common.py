@@ -5,11 +5,19 @@ Gemma's scaling, RMSNorms, rotary embedding, MLP, projections) and re-implement 
 glue, so that the KV cache has a form each runtime handles:
 
 * :class:`StaticCacheLM` - a fixed ``[1, kv_heads, max_context, head_dim]`` buffer per layer for keys
-  and values, written in place at ``cache_position`` (ExecuTorch mutable buffers, Core ML states).
-  ``forward(input_ids[1, s], cache_position[s]) -> logits[1, s, vocab]``; one method serves both
+  and values, written in place at ``cache_position`` (ExecuTorch mutable buffers).
+  ``forward(input_ids[1, s], cache_position[s]) -> logits[1, 1, vocab]``; one method serves both
   prefill (``s > 1``) and decode (``s == 1``).
+* :class:`StatefulCoreMLLM` - the Core ML stateful contract of swift-transformers / Apple's Core ML
+  Llama example: ``forward(inputIds[1, q], causalMask[1, 1, q, end]) -> logits[1, 1, vocab]`` with
+  the cache in two buffers ``keyCache``/``valueCache`` ``[layers, 1, kv_heads, max_context, head_dim]``
+  (Core ML states); the new tokens sit at positions ``end - q .. end - 1``.
 * :class:`PastKVLM` - the onnxruntime-genai / optimum convention: ``past_key_values.{i}.key/value``
   in, ``present.{i}.key/value`` (past concatenated with the new keys/values) out.
+
+Every wrapper returns the logits of the last position only (``[1, 1, vocab]``), which is all greedy
+decoding and sampling need; ``all_logits=True`` returns every position (``[1, s, vocab]``), e.g. for
+scoring a whole sequence.
 
 The wrappers keep the Hugging Face attribute names (``model``, ``lm_head``), so parameter names in
 the exported graphs are exactly the HF names (``model.layers.0.mlp.up_proj.weight``).
@@ -37,8 +45,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class _DecoderBase(nn.Module):
-    def __init__(self, hf_model):
+    def __init__(self, hf_model, all_logits: bool = False):
         super().__init__()
+        self.all_logits = bool(all_logits)
         cfg = hf_model.config
         if cfg.model_type not in ("llama", "gemma"):
             raise LoragenError(f"cannot export model_type '{cfg.model_type}'; supported: llama, gemma")
@@ -86,6 +95,12 @@ class _DecoderBase(nn.Module):
         act = 0.5 * g * (1.0 + torch.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)))
         return h + mlp.down_proj(act * mlp.up_proj(x))
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on the last position (``[1, 1, vocab]``) or, with ``all_logits``, on all."""
+        if not self.all_logits:
+            h = h[:, -1:, :]
+        return self.lm_head(self.model.norm(h))
+
     @staticmethod
     def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         zero = torch.zeros((), dtype=dtype)
@@ -96,8 +111,8 @@ class _DecoderBase(nn.Module):
 class StaticCacheLM(_DecoderBase):
     """Decoder with a static in-place KV cache (buffers ``k_cache_{i}``/``v_cache_{i}``)."""
 
-    def __init__(self, hf_model, max_context: int, update: str = "index_copy"):
-        super().__init__(hf_model)
+    def __init__(self, hf_model, max_context: int, update: str = "index_copy", all_logits: bool = False):
+        super().__init__(hf_model, all_logits)
         self.max_context = int(max_context)
         # "index_copy": in-place index_copy_ (ExecuTorch); "onehot": cache * keep + onehot^T @ new,
         # assigned back with copy_ (only matmul/elementwise ops, for converters without index_copy).
@@ -129,7 +144,68 @@ class StaticCacheLM(_DecoderBase):
                 vc.copy_(vc * keep + torch.matmul(onehot_t, v))
             h = h + self._attend(i, q, kc, vc, mask)
             h = self._mlp(i, h)
-        return self.lm_head(self.model.norm(h))
+        return self._logits(h)
+
+
+class StatefulCoreMLLM(_DecoderBase):
+    """Decoder in the Core ML stateful-LLM convention (swift-transformers ``LanguageModel``).
+
+    ``forward(inputIds[1, q], causalMask[1, 1, q, end])``: ``causalMask`` is additive (0 = attend,
+    -inf = do not) over the ``end`` cache positions ``0 .. end - 1``; the ``q`` new tokens take
+    positions ``end - q .. end - 1`` (so the model needs no position input), and keys after a
+    token's own position are masked whatever ``causalMask`` holds. Keys and values of all
+    layers live in two buffers ``keyCache``/``valueCache`` ``[layers, 1, kv_heads, max_context,
+    head_dim]``, which the converter turns into Core ML states. The cache is written with
+    ``cache * keep + onehot^T @ new`` and ``copy_`` (matmul/elementwise only; Core ML has no
+    ``index_copy``).
+    """
+
+    def __init__(self, hf_model, max_context: int, all_logits: bool = False):
+        super().__init__(hf_model, all_logits)
+        self.max_context = int(max_context)
+        dtype = hf_model.lm_head.weight.dtype
+        shape = (self.n_layers, 1, self.n_kv, self.max_context, self.head_dim)
+        self.register_buffer("keyCache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("valueCache", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        q_len, end = inputIds.shape[-1], causalMask.shape[-1]
+        positions = torch.arange(end - q_len, end, dtype=torch.long)
+        h = self.model.embed_tokens(inputIds)
+        cos, sin = self.model.rotary_emb(h, positions.unsqueeze(0))
+        keys = torch.arange(self.max_context, dtype=torch.long)
+        hit = (keys[:, None] == positions[None, :]).to(h.dtype)  # [T, q]
+        onehot_t = hit[None, None]
+        keep = (1 - hit.sum(dim=1))[None, None, :, None]
+        # Attend over the whole static cache (slicing or padding to the dynamic `end` makes torch.export
+        # specialise on end == max_context): the mask is moved onto the max_context key positions with a
+        # one-hot matmul (finite values only: -inf * 0 would be NaN, so the mask is clamped to fp16's
+        # minimum, which stays finite when Core ML computes in fp16), and key positions after each
+        # query's own position are masked as well.
+        neg = torch.finfo(torch.float16).min
+        spread = (torch.arange(end, dtype=torch.long)[:, None] == keys[None, :]).to(h.dtype)  # [end, T]
+        user = torch.matmul(causalMask.to(h.dtype).clamp(min=neg), spread)  # [1, 1, q, T]
+        mask = torch.where(keys[None, :] <= positions[:, None], user, torch.full((), neg, dtype=h.dtype))
+        new_k, new_v = [], []
+        for i in range(self.n_layers):
+            layer = self.model.layers[i]
+            q, k, v = self._qkv(i, layer.input_layernorm(h), cos, sin)
+            kc = self.keyCache[i] * keep + torch.matmul(onehot_t, k)
+            vc = self.valueCache[i] * keep + torch.matmul(onehot_t, v)
+            new_k.append(kc)
+            new_v.append(vc)
+            h = h + self._attend(i, q, kc, vc, mask)
+            h = self._mlp(i, h)
+        self.keyCache.copy_(torch.stack(new_k))
+        self.valueCache.copy_(torch.stack(new_v))
+        return self._logits(h)
+
+    @staticmethod
+    def causal_mask(q_len: int, end: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``[1, 1, q, end]`` additive mask for ``q`` new tokens after ``end - q`` cached ones."""
+        past = end - q_len
+        allowed = torch.arange(end)[None, :] <= (past + torch.arange(q_len))[:, None]
+        return torch.where(allowed, 0.0, float("-inf")).to(dtype)[None, None]
 
 
 class PastKVLM(_DecoderBase):
@@ -151,7 +227,7 @@ class PastKVLM(_DecoderBase):
             present += [k, v]
             h = h + self._attend(i, q, k, v, mask)
             h = self._mlp(i, h)
-        return (self.lm_head(self.model.norm(h)), *present)
+        return (self._logits(h), *present)
 
 
 class Reference:

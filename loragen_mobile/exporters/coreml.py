@@ -1,10 +1,19 @@
 """Core ML backend: ``model.mlpackage`` (ML program, iOS 18, stateful KV cache, fp16 by default).
 
-Export: :class:`~.common.StaticCacheLM` with the ``onehot`` cache update (Core ML has no
-``index_copy``) -> ``torch.export`` (dynamic token count 1..max_context) -> ``run_decompositions({})``
--> drop ``aten.alias`` nodes -> ``ct.convert(..., minimum_deployment_target=iOS18,
-states=[k_cache_i, v_cache_i])``. One ``main`` function serves prefill and decode; the KV cache is a
-Core ML state (``ct.StateType``) the app creates with ``model.make_state()``.
+I/O contract: the stateful-LLM convention of Hugging Face swift-transformers' ``LanguageModel``
+(``LanguageModelWithStatefulKVCache``, tag 1.3.3, Sources/Models/LanguageModel.swift) and of the
+Core ML export example it ships (Examples/Mistral7B/export.py, the recipe of Apple's Core ML Llama
+article): inputs ``inputIds`` int32 ``[1, q]`` and ``causalMask`` float16 ``[1, 1, q, end]``
+(additive, 0 = attend, -inf = masked; the new tokens take positions ``end - q .. end - 1``), states
+``keyCache``/``valueCache`` ``[layers, 1, kv_heads, max_context, head_dim]``, output ``logits``.
+``logits`` is ``[1, 1, vocab]`` (last position) unless exported with ``all_logits=True``
+(``[1, q, vocab]``). The contract is recorded in ``artifact.json`` (``inputs``, ``outputs``,
+``states``, ``io_contract``).
+
+Export: :class:`~.common.StatefulCoreMLLM` -> ``torch.export`` (``q`` and ``end`` dynamic in
+1..max_context) -> ``run_decompositions({})`` -> drop ``aten.alias`` nodes -> ``ct.convert(...,
+minimum_deployment_target=iOS18, states=[keyCache, valueCache])``. One ``main`` function serves
+prefill and decode; the app creates the cache with ``model.make_state()``.
 
 Swap slots are byte ranges of ``Data/com.apple.CoreML/weights/weight.bin``: the converter stores each
 Linear weight as a ``const`` op (named ``p_<param path>_to_fp16``) whose ``blobFileValue.offset``
@@ -35,6 +44,13 @@ WEIGHTS = f"{PACKAGE}/Data/com.apple.CoreML/weights/weight.bin"
 SPEC = f"{PACKAGE}/Data/com.apple.CoreML/model.mlmodel"
 BLOB_MAGIC = 0xDEADBEEF
 _PREC = {"fp16": torch.float16, "fp32": torch.float32}
+INPUT_IDS, CAUSAL_MASK, KEY_CACHE, VALUE_CACHE, LOGITS = "inputIds", "causalMask", "keyCache", "valueCache", "logits"
+IO_CONTRACT = {
+    "consumer": "huggingface/swift-transformers 1.3.3 LanguageModelWithStatefulKVCache "
+                "(Sources/Models/LanguageModel.swift; Examples/Mistral7B/export.py)",
+    "causal_mask": "additive float16 [1, 1, q, end]: 0 = attend, -inf = masked; the q new tokens "
+                   "take positions end - q .. end - 1",
+}
 
 
 def _norm(name: str) -> str:
@@ -47,17 +63,17 @@ def _quiet():
     logging.getLogger("coremltools").setLevel(logging.ERROR)
 
 
-def _convert(model, max_context: int, precision: str):
+def _convert(model, max_context: int, precision: str, all_logits: bool = False):
     import coremltools as ct
     from torch.export import Dim
 
-    from .common import StaticCacheLM
+    from .common import StatefulCoreMLLM
 
-    w = StaticCacheLM(model.float(), max_context, update="onehot").eval()
-    seq = Dim("seq", min=1, max=max_context)
-    ids, pos = torch.zeros((1, 4), dtype=torch.long), torch.arange(4)
+    w = StatefulCoreMLLM(model.float(), max_context, all_logits=all_logits).eval()
+    q, end = Dim("q", min=1, max=max_context), Dim("end", min=1, max=max_context)
+    ids, mask = torch.zeros((1, 2), dtype=torch.long), StatefulCoreMLLM.causal_mask(2, 5)
     with torch.no_grad():
-        ep = torch.export.export(w, (ids, pos), dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+        ep = torch.export.export(w, (ids, mask), dynamic_shapes=({1: q}, {2: q, 3: end}), strict=False)
         ep = ep.run_decompositions({})
     g = ep.graph
     for n in list(g.nodes):
@@ -66,12 +82,14 @@ def _convert(model, max_context: int, precision: str):
             g.erase_node(n)
     ep.graph_module.recompile()
     np_dtype = np.float16 if precision == "fp16" else np.float32
-    states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(w, f"{k}_cache_{i}").shape), dtype=np_dtype),
-                           name=f"{k}_cache_{i}") for i in range(w.n_layers) for k in "kv"]
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(w.keyCache.shape), dtype=np_dtype), name=n)
+              for n in (KEY_CACHE, VALUE_CACHE)]
+    inputs = [ct.TensorType(name=INPUT_IDS, dtype=np.int32), ct.TensorType(name=CAUSAL_MASK, dtype=np.float16)]
     cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     try:
-        ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, states=states,
-                        outputs=[ct.TensorType(name="logits")], compute_precision=cp, skip_model_load=True)
+        ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs,
+                        states=states, outputs=[ct.TensorType(name=LOGITS, dtype=np_dtype)], compute_precision=cp,
+                        skip_model_load=True)
     except Exception as e:
         raise LoragenError(f"coremltools conversion failed: {str(e).splitlines()[0]}") from None
     return ml, w
@@ -119,23 +137,27 @@ def _signature(spec) -> dict:
         ranges = [[int(r.lowerBound), int(r.upperBound)] for r in i.type.multiArrayType.shapeRange.sizeRanges]
         sig["inputs"].append({"name": i.name, **a, "ranges": ranges})
     for o in d.output:
-        sig["outputs"].append({"name": o.name, "dtype": arr(o.type.multiArrayType)["dtype"]})
+        sig["outputs"].append({"name": o.name, **arr(o.type.multiArrayType)})
     for s in d.state:
         sig["states"].append({"name": s.name, **arr(s.type.stateType.arrayType)})
     return sig
 
 
-def _expected_signature(model, max_context: int, precision: str) -> dict:
+def _expected_signature(model, max_context: int, precision: str, all_logits: bool = False) -> dict:
+    """The Core ML signature of the contract (see the module docstring) for this model."""
     from .common import _dims
 
     L, _, kv, hd = _dims(model.config)
     dt = "float16" if precision == "fp16" else "float32"
+    out = {"name": LOGITS, "dtype": dt}
+    if not all_logits:  # last position only: a fixed [1, 1, vocab] output
+        out["shape"] = [1, 1, model.config.vocab_size]
     return {
-        "inputs": [{"name": "input_ids", "dtype": "int32", "ranges": [[1, 1], [1, max_context]]},
-                   {"name": "cache_position", "dtype": "int32", "ranges": [[1, max_context]]}],
-        "outputs": [{"name": "logits", "dtype": dt}],
-        "states": [{"name": f"{k}_cache_{i}", "dtype": dt, "shape": [1, kv, max_context, hd]}
-                   for i in range(L) for k in "kv"],
+        "inputs": [{"name": INPUT_IDS, "dtype": "int32", "shape": [1, 1], "ranges": [[1, 1], [1, max_context]]},
+                   {"name": CAUSAL_MASK, "dtype": "float16", "shape": [1, 1, 1, 1],
+                    "ranges": [[1, 1], [1, 1], [1, max_context], [1, max_context]]}],
+        "outputs": [out],
+        "states": [{"name": n, "dtype": dt, "shape": [L, 1, kv, max_context, hd]} for n in (KEY_CACHE, VALUE_CACHE)],
     }
 
 
@@ -151,17 +173,21 @@ class CoreMLRunner(Runner):  # pragma: no cover - needs macOS (Core ML framework
         self.state = self.model.make_state()
 
     def _forward(self, ids, start):
-        x = {"input_ids": np.array([ids], dtype=np.int32),
-             "cache_position": np.arange(start, start + len(ids), dtype=np.int32)}
+        from .common import StatefulCoreMLLM
+
+        end = start + len(ids)
+        x = {INPUT_IDS: np.array([ids], dtype=np.int32),
+             CAUSAL_MASK: StatefulCoreMLLM.causal_mask(len(ids), end).numpy().astype(np.float16)}
         out = self.model.predict(x, state=self.state)
-        return torch.from_numpy(np.asarray(out["logits"][0], dtype=np.float32))
+        return torch.from_numpy(np.asarray(out[LOGITS][0], dtype=np.float32))
 
 
 class CoreMLExporter(Exporter):
     name = "coreml"
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype=None,
-               progress=True, adapter=None) -> Artifact:
+               progress=True, adapter=None, all_logits=False) -> Artifact:
+        """``all_logits``: return logits for every input position (default: the last one only)."""
         from ..models import DEFAULT_TARGET_MODULES
 
         _quiet()
@@ -177,7 +203,7 @@ class CoreMLExporter(Exporter):
             bar.update()
 
             bar.set_postfix_str("torch.export + ct.convert")
-            ml, _ = _convert(model, max_context, dtype)
+            ml, _ = _convert(model, max_context, dtype, all_logits)
             ml.save(str(tmp / PACKAGE))
             bar.update()
 
@@ -210,8 +236,10 @@ class CoreMLExporter(Exporter):
                 "deployment_target": "iOS18",
                 "model_format": "mlprogram",
                 "functions": ["main"],
-                "kv_cache": "Core ML states k_cache_{i}/v_cache_{i} [1, kv_heads, max_context, head_dim]",
+                "kv_cache": f"Core ML states {KEY_CACHE}/{VALUE_CACHE} [layers, 1, kv_heads, max_context, head_dim]",
                 "inputs": sig["inputs"], "outputs": sig["outputs"], "states": sig["states"],
+                "logits": "all" if all_logits else "last",
+                "io_contract": IO_CONTRACT,
                 "files": [PACKAGE],
                 "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
                 "swap_slots": slots,
@@ -294,7 +322,8 @@ class CoreMLExporter(Exporter):
         check_fingerprint(report, self, art)
 
         spec = ct.utils.load_spec(str(art.file(PACKAGE)))
-        sig, exp = _signature(spec), _expected_signature(model, art.meta["max_context"], prec)
+        sig = _signature(spec)
+        exp = _expected_signature(model, art.meta["max_context"], prec, art.meta.get("logits") == "all")
         for part in ("inputs", "outputs", "states"):
             got = [{k: v for k, v in x.items() if k in e} for x, e in zip(sig[part], exp[part])]
             ok = len(sig[part]) == len(exp[part]) and got == exp[part]

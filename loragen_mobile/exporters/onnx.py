@@ -4,7 +4,10 @@ Export: :class:`~.common.PastKVLM` through ``torch.onnx.export(..., dynamo=True,
 so every initializer keeps its Hugging Face parameter name (``model.layers.0.mlp.up_proj.weight``,
 stored untransposed, ``[out, in]``). Inputs/outputs follow onnxruntime-genai/optimum naming:
 ``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.{i}.key/value`` in;
-``logits``, ``present.{i}.key/value`` out; sequence and past lengths are dynamic.
+``logits``, ``present.{i}.key/value`` out; sequence and past lengths are dynamic. ``logits`` is
+``[1, 1, vocab]`` (last position; onnxruntime-genai reads a static 1 there as last-token logits and
+allocates ``[batch, 1, vocab]`` for prefill too) unless exported with ``all_logits=True``
+(``[1, seq, vocab]``).
 
 Weights live in external data: the swap slots (LoRA target weights) in ``swap.onnx.data``, each at a
 64-byte aligned offset recorded in ``artifact.json``; all other large initializers in
@@ -101,7 +104,8 @@ class ONNXExporter(Exporter):
     name = "onnx"
 
     def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
-               progress=True, adapter=None) -> Artifact:
+               progress=True, adapter=None, all_logits=False) -> Artifact:
+        """``all_logits``: return logits for every input position (default: the last one only)."""
         from ..models import DEFAULT_TARGET_MODULES
 
         targets = tuple(targets or DEFAULT_TARGET_MODULES)
@@ -116,7 +120,7 @@ class ONNXExporter(Exporter):
             bar.set_postfix_str("torch.onnx.export")
             from .common import PastKVLM
 
-            wrapper = PastKVLM(model).eval()
+            wrapper = PastKVLM(model, all_logits=all_logits).eval()
             raw = tmp / "raw"
             raw.mkdir()
             _onnx_export(wrapper, raw / MODEL, max_context)
@@ -179,7 +183,9 @@ class ONNXExporter(Exporter):
                 "initializer_names": "Hugging Face parameter names (exported with optimize=False)",
                 "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "kv_dtype": kvd,
                 "inputs": [{"name": n, "dtype": "int64" if i < 3 else kvd} for i, n in enumerate(ins)],
-                "outputs": [{"name": n, "dtype": kvd} for n in outs],
+                "outputs": [{"name": n, "dtype": kvd, **({"shape": [1, "seq" if all_logits else 1, cfg.vocab_size]}
+                                                          if n == "logits" else {})} for n in outs],
+                "logits": "all" if all_logits else "last",
                 "kv_cache": "past_key_values.{i}.key/value in, present.{i}.key/value out ([1, kv_heads, len, head_dim])",
                 "files": [MODEL, FOUNDATION, SWAP, GENAI],
                 "tokenizer_files": tok_files,

@@ -1,7 +1,8 @@
 """Building, saving and loading a generator, and generating adapters from task descriptions.
 
 A run directory holds:
-  generator.json           format version, generator id, config, edge layout, edge and cloud sources
+  generator.json           format version, generator id, config, edge layout, edge and cloud sources,
+                           the edge weights' fingerprint (``edge.weights_sha256``)
   generator.safetensors    meta tokens, routers (with BatchNorm running statistics), expert pools
   cloud-adapter/           the cloud model's LoRA, a standard PEFT adapter directory
   cloud-base/              only when the cloud model is a randomly initialised preset
@@ -45,6 +46,38 @@ class Generator:
     edge_dir: Path
     cloud_dir: Path | None           # None for a preset built from its seed
     generator_id: str = ""
+    edge_fingerprint: str = ""       # edge_weights_fingerprint(edge_dir) when it was built/loaded
+
+
+def edge_weights_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over every tensor of a model directory's safetensors files (name, dtype, shape, bytes).
+
+    Tensors are read one at a time in name order (never the whole model at once), so the result
+    does not depend on how the weights are sharded or ordered in the files, only on their values.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        raise LoragenError(f"edge model {d} has no .safetensors weights", code="not-found")
+    where: dict[str, Path] = {}
+    try:
+        for f in files:
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    where[k] = f
+        h = hashlib.sha256()
+        for k in sorted(where):
+            with safe_open(str(where[k]), "pt") as st:
+                t = st.get_tensor(k)
+            header = f"{k}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode()
+            h.update(len(header).to_bytes(8, "little") + header)
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+            del t
+    except (SafetensorError, OSError) as e:
+        raise LoragenError(f"cannot read the weights of edge model {d}: {e}", code="io") from None
+    return h.hexdigest()
 
 
 def _load_cloud_base(cfg: GeneratorConfig, edge_dir: Path):
@@ -76,7 +109,8 @@ def build_generator(cfg: GeneratorConfig, edge_dir: str | os.PathLike) -> Genera
         r=cfg.cloud_lora_r, lora_alpha=cfg.cloud_lora_alpha, lora_dropout=cfg.cloud_lora_dropout,
         target_modules=list(cfg.cloud_targets), bias="none"))
     layout = EdgeLayout.of(edge, cfg.targets)
-    return Generator(LoraGenerator(cloud, layout, cfg), edge, layout, cfg, cloud_tok, edge_tok, edge_dir, cloud_dir)
+    return Generator(LoraGenerator(cloud, layout, cfg), edge, layout, cfg, cloud_tok, edge_tok, edge_dir, cloud_dir,
+                     edge_fingerprint=edge_weights_fingerprint(edge_dir))
 
 
 def _generator_id(weights: bytes, cloud_adapter: bytes, edge_hash: str) -> str:
@@ -110,7 +144,9 @@ def write_generator(g: Generator, out: Path, steps: int) -> str:
     with atomic_file(out / WEIGHTS, overwrite=True) as tmp:
         tmp.write_bytes(weights)
     meta = {"format": FORMAT_VERSION, "generator_id": gid, "steps": steps, "config": g.cfg.to_dict(),
-            "layout": g.layout.to_dict(), "edge": {"path": str(g.edge_dir), "config_hash": edge_hash},
+            "layout": g.layout.to_dict(),
+            "edge": {"path": str(g.edge_dir), "config_hash": edge_hash,
+                     "weights_sha256": g.edge_fingerprint or edge_weights_fingerprint(g.edge_dir)},
             "cloud": {"source": g.cfg.cloud, "path": cloud_path}}
     with atomic_file(out / META, overwrite=True) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
@@ -140,8 +176,26 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
         want_hash = meta["edge"]["config_hash"]
     except (KeyError, TypeError) as e:
         raise LoragenError(f"{run / META} is incomplete: {e}") from None
+    want_weights = meta["edge"].get("weights_sha256")
     if models.config_hash(models.read_config(edge_path)) != want_hash:
-        raise LoragenError(f"edge model {edge_path} is not the one this generator was trained for")
+        raise LoragenError(f"edge model {edge_path} is not the one this generator was trained for "
+                           "(different architecture)", code="edge-mismatch")
+    if want_weights is None:
+        # runs written before the fingerprint existed: only the architecture can be checked
+        import warnings
+
+        from ..errors import LoragenWarning
+
+        warnings.warn(f"{run / META} records no edge weights fingerprint (written by an older version): "
+                      f"only the architecture of {edge_path} was checked", LoragenWarning, stacklevel=2)
+        have_weights = ""
+    else:
+        have_weights = edge_weights_fingerprint(edge_path)
+        if have_weights != want_weights:
+            raise LoragenError(f"edge model {edge_path} has the right architecture but not the weights this "
+                               f"generator was trained for (weights sha256 {have_weights[:16]}, expected "
+                               f"{str(want_weights)[:16]}); pass the edge model it was trained with",
+                               code="edge-mismatch")
     edge = models.load_model(edge_path, dtype=torch.float32)
     edge.requires_grad_(False)
     if meta["cloud"].get("source") == "edge":
@@ -163,7 +217,7 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
     gen.load_state_dict(state, strict=False)
     gen.eval()
     return Generator(gen, edge, layout, cfg, cloud_tok, models.load_tokenizer(edge_path), edge_path.resolve(),
-                     None if cloud_path == CLOUD_BASE else cdir, meta["generator_id"])
+                     None if cloud_path == CLOUD_BASE else cdir, meta["generator_id"], have_weights)
 
 
 def task_sha256(task: str) -> str:
@@ -217,22 +271,37 @@ def save_generated(g: Generator, tasks: list[str], outs: list[str | os.PathLike]
     from ..fsutil import refuse_existing
     from ..lora import merge_into_model
 
+    from ..fsutil import missing_parents, remove_empty_dirs
+
+    parents: list[Path] = []
     for p in list(outs) + list(merge_into or []):
         refuse_existing(p)
+        parents += [d for d in missing_parents(p) if d not in parents]
     adapters = generate_adapters(g, tasks)
-    written = []
-    for i, (adapter, out) in enumerate(zip(adapters, outs)):
-        written.append(save_peft_adapter(adapter, out, base_model=str(g.edge_dir)))
-        if merge_into:
-            import copy
+    written: list[Path] = []
+    try:
+        for i, (adapter, out) in enumerate(zip(adapters, outs)):
+            if merge_into:
+                import copy
 
-            from ..models import load_tokenizer
+                from ..models import load_tokenizer
 
-            model = merge_into_model(copy.deepcopy(g.edge), adapter)
-            with atomic_dir(merge_into[i]) as tmp:
-                model.save_pretrained(tmp)
-                load_tokenizer(g.edge_dir).save_pretrained(tmp)
-    return written
+                model = merge_into_model(copy.deepcopy(g.edge), adapter)  # checked before anything is written
+            written.append(save_peft_adapter(adapter, out, base_model=str(g.edge_dir)))
+            if merge_into:
+                with atomic_dir(merge_into[i]) as tmp:
+                    model.save_pretrained(tmp)
+                    load_tokenizer(g.edge_dir).save_pretrained(tmp)
+                written.append(Path(merge_into[i]))
+    except BaseException:
+        import shutil
+
+        for p in written:  # all or nothing: no adapter without its merged model (full disk, interrupt)
+            shutil.rmtree(p, ignore_errors=True)
+        for d in sorted(parents, key=lambda d: len(d.parts), reverse=True):  # and no parent it created
+            remove_empty_dirs([d])
+        raise
+    return written[::2] if merge_into else written
 
 
 def read_task_file(path: str | os.PathLike) -> tuple[list[str], list[str]]:

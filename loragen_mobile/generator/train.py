@@ -98,8 +98,12 @@ def train(cfg: GeneratorConfig, edge_dir: str | os.PathLike, data: str | os.Path
           resume: bool = False, progress: bool = True) -> Path:
     """Train a generator into RUN_DIR ``out``; returns it. Works alone or under torchrun."""
     out = Path(out)
+    if cfg.max_steps is not None and int(cfg.max_steps) < 1:
+        raise LoragenError(f"max_steps must be at least 1 (got {cfg.max_steps}); a generator that never "
+                           "trained is not written", code="usage")
     records = read_jsonl(data)
     dist = Dist.init()
+    created = False
     try:
         if cfg.tasks_per_step % dist.world:
             raise LoragenError(f"tasks_per_step ({cfg.tasks_per_step}) must be divisible by the number of processes ({dist.world})")
@@ -109,16 +113,18 @@ def train(cfg: GeneratorConfig, edge_dir: str | os.PathLike, data: str | os.Path
                 raise LoragenError(f"nothing to resume: {ckpt_path} does not exist")
         elif out.exists() and any(out.iterdir()):
             raise LoragenError(f"run directory {out} is not empty; pass --resume to continue it, or choose a new one")
-        dist.barrier()
-        if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
         torch.manual_seed(cfg.seed)
         parts = build_generator(cfg, edge_dir)
         gen, edge = parts.generator, parts.edge
         tasks = TaskData(records, parts.cloud_tokenizer, parts.edge_tokenizer,
                          cfg.max_length - parts.layout.num_layers)
         steps = total_steps(cfg, len(tasks.tasks))
+        # inputs are valid: only now does the run directory appear
+        dist.barrier()
+        if dist.main:
+            created = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
         cloud_params = [(n, p) for n, p in gen.named_parameters() if n.startswith("cloud.")]
         own_params = [(n, p) for n, p in gen.named_parameters() if not n.startswith("cloud.")]
         groups = (param_groups(own_params, cfg.lr, cfg.weight_decay)
@@ -184,6 +190,13 @@ def train(cfg: GeneratorConfig, edge_dir: str | os.PathLike, data: str | os.Path
             write_generator(parts, out, steps=steps)
         dist.barrier()
         return out
+    except BaseException:
+        # a run that failed before its first checkpoint has nothing to resume: leave no directory
+        if created and dist.main and not (out / CHECKPOINT).exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         dist.close()
 

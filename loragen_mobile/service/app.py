@@ -5,16 +5,21 @@ store and the metrics; :func:`create_app` wraps it in a FastAPI application. No 
 
 Requests for the same bundle id that arrive while it is being generated wait for that one
 generation; requests for different bundles that arrive together (within ``batch_window_s``, or
-while the previous batch runs) share one batched generator forward.
+while the previous batch runs) are handled in one round of the generation worker. Each distinct
+task description gets its own generator forward (a batch of one): a batched forward's floats
+depend on the other rows of the batch, and a bundle id must always name the same bytes.
 """
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import logging
 import math
 import re
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -41,6 +46,9 @@ class ServiceConfig:
     store_max_bytes: int | None = None
     batch_window_s: float = 0.01
     max_batch: int = 16
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
+    auth_failures_per_minute: float = 10.0  # invalid API keys accepted per client address
 
 
 class HTTPProblem(Exception):
@@ -134,6 +142,77 @@ def add_api_key(path: str, name: str, artifacts: list[str] | None = None, rate_p
     return key
 
 
+class KeyRing:
+    """The API keys file, read again whenever it changes (inode, size, mtime or ctime; one stat per request).
+
+    Token buckets of keys that stay in the file carry over. A file that becomes missing or invalid
+    refuses every request (503 ``api_keys_unavailable``) until it is fixed: a key removed by an edit
+    that went wrong is never accepted again.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.keys: dict[str, ApiKey] | None = load_api_keys(path)
+        self.stamp = self._stamp()
+        self._lock = threading.Lock()
+
+    def _stamp(self):
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def current(self) -> dict[str, ApiKey]:
+        stamp = self._stamp()
+        if stamp != self.stamp:
+            with self._lock:
+                try:
+                    fresh = load_api_keys(str(self.path))
+                except LoragenError as e:
+                    if self.keys is not None:
+                        log.error("API keys file unusable, refusing every request until fixed: %s", e)
+                    self.keys = None
+                else:
+                    for sha, k in fresh.items():
+                        old = (self.keys or {}).get(sha)
+                        if old is not None and old.rate_per_minute == k.rate_per_minute:
+                            k.tokens, k.stamp = old.tokens, old.stamp
+                    self.keys = fresh
+                    log.info("API keys file reloaded: %d keys", len(fresh))
+                self.stamp = stamp
+        if self.keys is None:
+            raise HTTPProblem(503, "api_keys_unavailable", "the server's API keys file is missing or invalid",
+                              {"Retry-After": "10"})
+        return self.keys
+
+
+class FailureThrottle:
+    """Token bucket of failed authentications per client address (a burst of one minute's worth)."""
+
+    MAX_ADDRESSES = 10000
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute
+        self.burst = max(1.0, per_minute)
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, monotonic stamp)
+
+    def _level(self, addr: str, now: float) -> float:
+        tokens, stamp = self.buckets.get(addr, (self.burst, now))
+        return min(self.burst, tokens + (now - stamp) * self.rate / 60.0)
+
+    def wait(self, addr: str) -> float:
+        """0 when this address may try a key, else seconds until it may."""
+        level = self._level(addr, time.monotonic())
+        return 0.0 if level >= 1.0 else (1.0 - level) * 60.0 / self.rate
+
+    def failed(self, addr: str) -> None:
+        now = time.monotonic()
+        self.buckets[addr] = (max(0.0, self._level(addr, now) - 1.0), now)
+        if len(self.buckets) > self.MAX_ADDRESSES:  # forget the addresses whose bucket has refilled
+            self.buckets = {a: v for a, v in self.buckets.items() if self._level(a, now) < self.burst}
+
+
 # ------------------------------------------------------------------------------------ requests
 
 def check_task(task, max_bytes: int) -> str:
@@ -161,7 +240,7 @@ def parse_request(body: bytes, max_task_bytes: int) -> tuple[str, str, str]:
         raise HTTPProblem(400, "invalid_utf8", "request body is not valid UTF-8") from None
     try:
         req = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, integers over Python's digit limit, nesting
         raise HTTPProblem(400, "invalid_json", "request body is not valid JSON") from None
     if not isinstance(req, dict):
         raise HTTPProblem(422, "invalid_request", "request body must be a JSON object")
@@ -176,10 +255,20 @@ def parse_request(body: bytes, max_task_bytes: int) -> tuple[str, str, str]:
     return check_task(req.get("task"), max_task_bytes), req["artifact"], kind
 
 
-def parse_range(header: str, size: int) -> tuple[int, int]:
-    """Inclusive (start, end) of a single ``bytes=`` range; HTTPProblem 416 when malformed or unsatisfiable."""
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """Inclusive (start, end) of a single byte range, or None when the Range header is to be ignored.
+
+    The unit is matched case-insensitively (RFC 9110 14.1); another unit, or more than one range,
+    is ignored: the whole bundle is sent (RFC 9110 14.2 lets a server ignore Range). HTTPProblem
+    416 when a single byte range is malformed or unsatisfiable.
+    """
     unsatisfiable = {"Content-Range": f"bytes */{size}"}
-    m = re.fullmatch(r"bytes=(\d{0,18})-(\d{0,18})", header.strip())
+    unit, eq, spec = header.strip().partition("=")
+    if not eq or unit.strip().lower() != "bytes":
+        return None
+    if "," in spec:
+        return None
+    m = re.fullmatch(r"(\d{0,18})-(\d{0,18})", spec.strip())
     if not m or not (m.group(1) or m.group(2)):
         raise HTTPProblem(416, "bad_range", "Range must be one 'bytes=START-[END]' or 'bytes=-SUFFIX'", unsatisfiable)
     if m.group(1):
@@ -214,9 +303,14 @@ class Metrics:
         self.cache_hits = Counter("loragen_cache_hits", "specializations answered from the store", registry=r)
         self.coalesced = Counter("loragen_coalesced", "requests that waited for an identical generation in flight",
                                  registry=r)
-        self.generations = Counter("loragen_generations", "batched generator forward passes", registry=r)
+        self.generations = Counter("loragen_generations", "generator forward passes (one per distinct task)",
+                                   registry=r)
         self.bundles_built = Counter("loragen_bundles_built", "bundles generated and stored", registry=r)
-        self.batch_size = Histogram("loragen_batch_size", "distinct task descriptions per generator forward",
+        self.quarantined = Counter("loragen_store_quarantined", "stored bundles that failed their content check",
+                                   registry=r)
+        self.auth_throttled = Counter("loragen_auth_throttled", "requests refused after repeated invalid API keys",
+                                      registry=r)
+        self.batch_size = Histogram("loragen_batch_size", "distinct task descriptions per generation round",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.generation_seconds = Histogram("loragen_generation_seconds", "generator forward + bundle builds per batch",
                                             registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -255,13 +349,16 @@ class Specializer:
 
     def __init__(self, cfg: ServiceConfig):
         from ..bundle import read_base_tensors
-        from ..bundle.keys import load_private_key
+        from ..bundle.format import FORMAT_VERSION
+        from ..bundle.keys import key_id, load_private_key
         from ..exporters import read_artifact
         from ..generator import load_generator
 
         self.cfg = cfg
         self.metrics = Metrics()
         self.key = load_private_key(cfg.sign_key)
+        self.key_id = key_id(self.key.public_key())
+        self.format_version = str(FORMAT_VERSION)
         self.generator = load_generator(cfg.generator_dir)
         self.generator_id = self.generator.generator_id
         if not self.generator_id:
@@ -277,7 +374,7 @@ class Specializer:
                 if served.name == other.name or served.fingerprint == other.fingerprint:
                     raise LoragenError(f"artifacts {other.path} and {served.path} share a name or fingerprint")
             self.artifacts.append(served)
-        self.store = BundleStore(cfg.store, cfg.store_max_bytes)
+        self.store = BundleStore(cfg.store, cfg.store_max_bytes, on_quarantine=self.metrics.quarantined.inc)
         self._inflight: dict[str, asyncio.Future] = {}
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -301,7 +398,11 @@ class Specializer:
         for a in self.artifacts:
             if ref in (a.name, a.fingerprint):
                 return a
-        raise HTTPProblem(404, "unknown_artifact", f"no artifact named or fingerprinted {ref[:80]!r} is served here")
+        raise self.unknown_artifact(ref)
+
+    @staticmethod
+    def unknown_artifact(ref: str) -> HTTPProblem:
+        return HTTPProblem(404, "unknown_artifact", f"no artifact named or fingerprinted {ref[:80]!r} is served here")
 
     @staticmethod
     def public(info: dict) -> dict:
@@ -310,21 +411,26 @@ class Specializer:
 
     async def specialize(self, task: str, art: ServedArtifact, kind: str) -> tuple[dict, bool]:
         """(public bundle info, True when this request generated it)."""
-        bid = bundle_id(self.generator_id, art.fingerprint, kind, task)
-        info = self.store.get(bid)
+        from starlette.concurrency import run_in_threadpool
+
+        bid = self.bundle_id(art, kind, task)
+        info = await run_in_threadpool(self.store.get, bid)  # may hash the bundle file
         if info is not None:
             self.metrics.cache_hits.inc()
             return self.public(info), False
         fut = self._inflight.get(bid)
         if fut is not None:  # an identical request is being generated: wait for that one
             self.metrics.coalesced.inc()
-            return self.public(await asyncio.shield(fut)), False
+            return self.public(await _result(fut)), False
         if self._queue is None:
             raise RuntimeError("the specializer is not started")
         fut = asyncio.get_running_loop().create_future()
         self._inflight[bid] = fut
         self._queue.put_nowait((bid, task, art, kind, fut))
-        return self.public(await asyncio.shield(fut)), True
+        return self.public(await _result(fut)), True
+
+    def bundle_id(self, art: ServedArtifact, kind: str, task: str) -> str:
+        return bundle_id(self.generator_id, art.fingerprint, kind, task, self.key_id, self.format_version)
 
     async def _next_batch(self) -> list:
         loop = asyncio.get_running_loop()
@@ -363,15 +469,18 @@ class Specializer:
                     fut.set_result(res)
 
     def _generate_batch(self, items) -> list:
-        """One generator forward for the batch's distinct tasks, then one bundle (or exception) per item."""
+        """One generator forward per distinct task (a batch of one: the bytes never depend on what else
+        was asked at the same time), then one bundle (or exception) per item."""
         from ..bundle.core import build
         from ..bundle.format import parse
         from ..generator import generate_adapters
 
         t0 = time.perf_counter()
         tasks = sorted({it[1] for it in items})
-        adapters = dict(zip(tasks, generate_adapters(self.generator, tasks)))
-        self.metrics.generations.inc()
+        adapters = {}
+        for task in tasks:
+            adapters[task] = generate_adapters(self.generator, [task])[0]
+            self.metrics.generations.inc()
         self.metrics.batch_size.observe(len(tasks))
         out = []
         for bid, task, art, kind in items:
@@ -386,6 +495,18 @@ class Specializer:
                 out.append(e)
         self.metrics.generation_seconds.observe(time.perf_counter() - t0)
         return out
+
+
+async def _result(fut: asyncio.Future) -> dict:
+    """A generation's result; a full or failing store becomes a 507/503 answer with a code."""
+    try:
+        return await asyncio.shield(fut)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise HTTPProblem(507, "insufficient_storage", "the bundle store is full; try again later",
+                              {"Retry-After": "60"}) from None
+        raise HTTPProblem(503, "store_unavailable", "the bundle store cannot be written; try again later",
+                          {"Retry-After": "60"}) from None
 
 
 # ------------------------------------------------------------------------------------ HTTP
@@ -409,13 +530,53 @@ def _errors(*statuses: int) -> dict:
     return {s: _json(ERROR_SCHEMA, "error") for s in statuses}
 
 
+class BodyTimeout:
+    """ASGI middleware: a request body must arrive within ``timeout_s`` of the end of its headers
+    (408 ``request_timeout`` and the connection is closed otherwise)."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        done = started = False
+
+        async def timed_receive():
+            nonlocal done
+            if done:
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                done = True
+                if started:  # an answer is under way (a download that never read the body): end it
+                    return {"type": "http.disconnect"}
+                raise HTTPProblem(408, "request_timeout", f"the request body did not arrive within {self.timeout_s:g} s",
+                                  {"Connection": "close"}) from None
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                done = True
+            return msg
+
+        async def tracked_send(msg):
+            nonlocal started
+            started = True
+            await send(msg)
+
+        return await self.app(scope, timed_receive, tracked_send)
+
+
 def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    keys = load_api_keys(cfg.api_keys)  # checked before the (slow) generator load
+    keyring = KeyRing(cfg.api_keys) if cfg.api_keys is not None else None  # checked before the (slow) generator load
+    throttle = FailureThrottle(cfg.auth_failures_per_minute)
     spec = specializer or Specializer(cfg)
     metrics = spec.metrics
     body_limit = cfg.max_task_bytes * 6 + 4096  # a task of max_task_bytes, every byte JSON-escaped
@@ -430,6 +591,8 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
 
     app = FastAPI(title="loragen-mobile specialization service", version="1", lifespan=lifespan)
     app.state.specializer = spec
+    app.state.config = cfg
+    app.add_middleware(BodyTimeout, timeout_s=cfg.body_timeout_s)
 
     def problem(status, code, message, headers=None):
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
@@ -461,15 +624,24 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
         return response
 
     def authenticate(request: Request) -> ApiKey | None:
-        """401 without a valid key, 429 over its rate; None when the server runs without keys."""
-        if keys is None:
+        """401 without a valid key, 429 over its rate or after too many invalid keys from this address;
+        None when the server runs without keys."""
+        if keyring is None:
             return None
+        keys = keyring.current()
         presented = request.headers.get(API_KEY_HEADER)
         if not presented:
             raise HTTPProblem(401, "missing_api_key", f"send your API key in the {API_KEY_HEADER} header",
                               {"WWW-Authenticate": API_KEY_HEADER})
+        addr = request.client.host if request.client else ""
+        wait = throttle.wait(addr)
+        if wait:  # refused whatever the key: guessing gains nothing while throttled
+            metrics.auth_throttled.inc()
+            raise HTTPProblem(429, "auth_throttled", "too many invalid API keys from this address",
+                              {"Retry-After": str(max(1, math.ceil(wait)))})
         k = keys.get(hash_api_key(presented))
         if k is None:
+            throttle.failed(addr)
             raise HTTPProblem(401, "invalid_api_key", "unknown API key", {"WWW-Authenticate": API_KEY_HEADER})
         wait = k.take()
         if wait:
@@ -477,9 +649,8 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
                               {"Retry-After": str(max(1, math.ceil(wait)))})
         return k
 
-    def authorize(k: ApiKey | None, name: str, fingerprint: str) -> None:
-        if k is not None and not k.allows(name, fingerprint):
-            raise HTTPProblem(403, "forbidden_artifact", f"this API key may not use artifact {name}")
+    def allowed(k: ApiKey | None, name: str, fingerprint: str) -> bool:
+        return k is None or k.allows(name, fingerprint)
 
     @app.get("/healthz")
     async def healthz():
@@ -491,20 +662,20 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/artifacts", responses=_errors(401, 429))
+    @app.get("/v1/artifacts", responses=_errors(401, 429, 503))
     async def artifacts(request: Request):
         """The base artifacts this server specializes (only those the API key may use)."""
         k = authenticate(request)
         return {"artifacts": [{"name": a.name, "fingerprint": a.fingerprint, "backend": a.meta["backend"],
                                "model_id": a.meta.get("model_id"), "model_type": a.meta.get("model_type"),
                                "precision": a.meta.get("precision"), "max_context": a.meta.get("max_context")}
-                              for a in spec.artifacts if k is None or k.allows(a.name, a.fingerprint)],
+                              for a in spec.artifacts if allowed(k, a.name, a.fingerprint)],
                 "generator_id": spec.generator_id, "kinds": list(KINDS)}
 
     @app.post("/v1/specializations", status_code=201, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}},
         responses={201: _json(INFO_SCHEMA, "generated now"), 200: _json(INFO_SCHEMA, "already in the store"),
-                   **_errors(400, 401, 403, 404, 413, 422, 429)})
+                   **_errors(400, 401, 404, 408, 413, 422, 429, 503, 507)})
     async def specializations(request: Request):
         """Generate (or find) the signed bundle that specializes an artifact for a task description."""
         k = authenticate(request)
@@ -518,25 +689,20 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
                 raise HTTPProblem(413, "request_too_large", f"request body over {body_limit} bytes")
         task, ref, kind = parse_request(bytes(body), cfg.max_task_bytes)
         art = spec.find_artifact(ref)
-        authorize(k, art.name, art.fingerprint)
+        if not allowed(k, art.name, art.fingerprint):  # the same answer as an artifact that does not exist
+            raise spec.unknown_artifact(ref)
         info, created = await spec.specialize(task, art, kind)
         return JSONResponse(info, status_code=201 if created else 200)
 
-    @app.get("/v1/bundles/{bid}", response_class=Response, responses={
-        200: {"description": "the bundle", "content": {"application/octet-stream": {}}},
-        206: {"description": "the requested byte range", "content": {"application/octet-stream": {}}},
-        304: {"description": "not modified (If-None-Match)"}, **_errors(400, 401, 403, 404, 416, 429)})
-    async def bundle(bid: str, request: Request):
-        """The bundle bytes; ETag (the sha256), If-None-Match, and single byte ranges (Range, If-Range)."""
+    async def _bundle(bid: str, request: Request, head: bool):
         k = authenticate(request)
         if not valid_id(bid):
             raise HTTPProblem(400, "invalid_bundle_id", "a bundle id is 32 lowercase hex characters")
-        info = spec.store.get(bid)
-        if info is None:
-            raise HTTPProblem(404, "unknown_bundle", "no such bundle")
-        fingerprint = info.get("fingerprint", "")
+        info = await run_in_threadpool(spec.store.get, bid)  # hashes the file on its first read or after a change
+        fingerprint = info.get("fingerprint", "") if info else ""
         served = next((a for a in spec.artifacts if a.fingerprint == fingerprint), None)  # its name may have changed
-        authorize(k, served.name if served else info.get("artifact", ""), fingerprint)
+        if info is None or not allowed(k, served.name if served else info.get("artifact", ""), fingerprint):
+            raise HTTPProblem(404, "unknown_bundle", "no such bundle")  # forbidden reads as missing
         etag = f'"{info["sha256"]}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
         if etag_matches(request.headers.get("If-None-Match"), etag):
@@ -544,15 +710,21 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
         size, status, start, end = info["size"], 200, 0, info["size"] - 1
         rng = request.headers.get("Range")
         if rng and request.headers.get("If-Range", etag) == etag:
-            start, end = parse_range(rng, size)
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            span = parse_range(rng, size)
+            if span is not None:
+                start, end = span
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(end - start + 1)
+        if head:
+            return Response(status_code=status, headers=headers, media_type="application/octet-stream")
         f = spec.store.open(bid)
         if f is None:
             raise HTTPProblem(404, "unknown_bundle", "no such bundle")
-        headers["Content-Length"] = str(end - start + 1)
+        whole = start == 0 and end == size - 1
 
         def chunks():
+            digest = hashlib.sha256()
             with f:
                 f.seek(start)
                 left = end - start + 1
@@ -561,22 +733,95 @@ def create_app(cfg: ServiceConfig, specializer: Specializer | None = None):
                     if not data:
                         break
                     left -= len(data)
+                    if whole:
+                        digest.update(data)
+                        if left == 0 and digest.hexdigest() != info["sha256"]:
+                            # changed after its check: never finish the body under this ETag
+                            spec.store.quarantine(bid, "its content changed while it was served")
+                            raise OSError(f"bundle {bid} failed its content check while it was served")
                     yield data
 
         return StreamingResponse(chunks(), status_code=status, headers=headers, media_type="application/octet-stream")
 
+    download_responses = {
+        200: {"description": "the bundle", "content": {"application/octet-stream": {}}},
+        206: {"description": "the requested byte range", "content": {"application/octet-stream": {}}},
+        304: {"description": "not modified (If-None-Match)"}, **_errors(400, 401, 404, 416, 429, 503)}
+
+    @app.get("/v1/bundles/{bid}", response_class=Response, responses=download_responses)
+    async def bundle(bid: str, request: Request):
+        """The bundle bytes; ETag (the sha256), If-None-Match, and single byte ranges (Range, If-Range)."""
+        return await _bundle(bid, request, head=False)
+
+    @app.head("/v1/bundles/{bid}", response_class=Response, responses=download_responses)
+    async def bundle_head(bid: str, request: Request):
+        """The headers a GET of the same request would answer with, without the body."""
+        return await _bundle(bid, request, head=True)
+
     return app
+
+
+def uvicorn_config(app, host: str = "127.0.0.1", port: int = 8080, **kw):
+    """uvicorn's Config for ``app`` with the service's header read timeout (its h11 protocol, extended)."""
+    import uvicorn
+
+    cfg = getattr(app.state, "config", None)
+    header_timeout = cfg.header_timeout_s if cfg is not None else ServiceConfig.header_timeout_s
+    protocol = type("H11Protocol", (_header_timeout_protocol(),), {"header_timeout_s": header_timeout})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, **kw)
+
+
+@functools.cache
+def _header_timeout_protocol():
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class _HeaderTimeout(H11Protocol):
+        """uvicorn's h11 protocol plus a header read timeout: a connection that opens, or starts a
+        request, and does not finish the request's headers within ``header_timeout_s`` is closed
+        (uvicorn cancels its keep-alive timer on the first byte and has no header timeout of its own)."""
+
+        header_timeout_s = 10.0
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._track_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._track_headers()
+
+        def connection_lost(self, exc):
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _track_headers(self) -> None:
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self.conn.our_state is h11.IDLE and self._header_timer is None:
+                self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+            elif not waiting:
+                self._cancel_header_timer()
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return _HeaderTimeout
 
 
 @contextlib.contextmanager
 def running(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 120.0):
     """Run ``app`` on a real uvicorn in a background thread; yields its base URL (port 0: a free port)."""
-    import threading
-
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_config=None, access_log=False, log_level="warning"))
     thread = threading.Thread(target=server.run, name="loragen-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
@@ -598,4 +843,4 @@ def serve(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8080) -> None
 
     if cfg.api_keys is None:
         log.warning("no --api-keys given: the service accepts every request (development mode)")
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(cfg), host, port, log_level="info")).run()

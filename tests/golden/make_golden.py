@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import struct
+import sys
 from pathlib import Path
 
 import torch
@@ -81,6 +82,9 @@ def _adapter(seed: int) -> LoraAdapter:
     return LoraAdapter(factors, r=RANK, alpha=8.0, model_type="llama")
 
 
+_ARTIFACTS: dict = {}
+
+
 def _with_header(raw: bytes, header: bytes) -> bytes:
     """Replace a bundle's header (for deliberately broken vectors)."""
     (n,) = struct.unpack("<Q", raw[:8])
@@ -98,7 +102,7 @@ def generate(out: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     g = torch.Generator().manual_seed(0)
-    artifacts = {}
+    artifacts = _ARTIFACTS
     for backend, dtype in (("executorch", torch.float32), ("onnx", torch.float32), ("coreml", torch.float16)):
         base = {n: (torch.randn(*s, generator=g) * 0.1).to(dtype) for n, s in _params()}
         art = _artifact(backend, base)
@@ -169,7 +173,43 @@ def generate(out: Path) -> None:
                 entry["lora"] = vb.manifest["lora"]
             (out / entry["expected"]).write_bytes(save(dict(sorted(new.items()))))
         expected["bundles"][name] = entry
+    expected["mutations"] = _mutation_vectors(bundles, key)
     (out / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+
+
+MUTATION_SEED, MUTATION_CASES = 20260101, 240
+
+
+def _mutation_vectors(bundles, key) -> list[dict]:
+    """A seeded sample of tests/golden/mutations.py, every family on every base bundle, with the
+    Python reader's verdict (which must be the one the family's oracle expects)."""
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("bundle_mutations", Path(__file__).with_name("mutations.py"))
+    mutations = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mutations  # dataclasses look their module up
+    spec.loader.exec_module(mutations)
+    pick = mutations.RandomPick(random.Random(MUTATION_SEED))
+    mut = mutations.Mutator(pick)
+    arts = {b: json.loads(json.dumps(a)) for b, (a, _) in _ARTIFACTS.items()}
+    out = []
+    for i in range(MUTATION_CASES):
+        fam = mutations.FAMILIES[i % len(mutations.FAMILIES)]
+        name = mutations.BASES[(i // len(mutations.FAMILIES)) % len(mutations.BASES)]
+        base = mutations.load_base(name, bundles[name][0])
+        case = getattr(mut, fam)(base)
+        raw = mutations.assemble(case.header_text, case.data, case.signature, key.sign)
+        try:
+            core.verify(raw, arts[name.split("-")[0]], key.public_key() if case.pubkey else None,
+                        require_signature=not case.allow_unsigned)
+            code = None
+        except fmt.BundleError as e:
+            code = e.code
+        if code not in case.codes:
+            raise SystemExit(f"mutation {i} ({fam} of {name}): reader says {code}, oracle expects {case.codes}")
+        out.append(mutations.to_vector(base, case, code, hashlib.sha256(raw).hexdigest()))
+    return out
 
 
 def main() -> None:

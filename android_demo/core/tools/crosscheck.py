@@ -48,7 +48,7 @@ def main(dump: Path) -> int:
     n = 0
     for d in sorted(dump.glob("fuzz-*")):
         _, bname, key = d.name.rsplit("-", 2)[0], d.name[5:].rsplit("-", 1)[0], d.name.rsplit("-", 1)[1]
-        backend = bname.split("-")[0]
+        backend = "executorch" if bname == "unsigned" else bname.split("-")[0]
         for f in sorted(d.glob("*.bundle")):
             want = f.stem.split("-", 1)[1]
             got = outcome(f.read_bytes(), arts[backend], pub if key == "true" else None, key == "true")

@@ -38,11 +38,11 @@ final class StopFlag: @unchecked Sendable {
 /// Greedy generation with streamed text, shared by the backends.
 final class ChatEngine: @unchecked Sendable {
     let model: TokenModel
-    let tokenizer: ByteLevelTokenizer
+    let tokenizer: Tokenizer
     let eosId: Int?
     let stop = StopFlag()
 
-    init(model: TokenModel, tokenizer: ByteLevelTokenizer, eosId: Int?) {
+    init(model: TokenModel, tokenizer: Tokenizer, eosId: Int?) {
         self.model = model
         self.tokenizer = tokenizer
         self.eosId = eosId ?? tokenizer.eosId
@@ -56,7 +56,7 @@ final class ChatEngine: @unchecked Sendable {
     func generate(prompt: String, maxNewTokens: Int, onToken: (String) -> Void) throws -> GenerationStats {
         stop.set(false)
         try model.reset()
-        let ids = tokenizer.encode(prompt, addSpecial: true)
+        let ids = tokenizer.encode(prompt) // with the post-processor's BOS
         guard ids.count < model.maxContext else {
             throw BundleError(.build, "the prompt has \(ids.count) tokens; the model's context is \(model.maxContext)")
         }

@@ -3,16 +3,17 @@ import ExecuTorch
 import Foundation
 import LoRAGenKit
 
-/// ExecuTorch (XNNPACK): `model.pte` + `foundation.ptd` + a swap `.ptd`. The base model uses the
-/// artifact's own `swap.ptd`; a bundle uses the `.ptd` LoRAGenKit wrote (`ExecuTorchSwap`: same
-/// data keys, the bundle's bytes). A swap is a new `Module(filePath:dataFilePaths:)` over other data
-/// files; the program is never re-exported. `forward(input_ids int64 [1, n], cache_position int64
-/// [n]) -> logits float32 [1, n, vocab]`; the KV cache lives in the method's memory-planned
-/// buffers, so unloading and reloading `forward` starts a new sequence.
+/// ExecuTorch (XNNPACK): `model.pte` + one data file, `model.ptd` (the layout ExecuTorch's stock
+/// runners load). The base model uses the artifact's `model.ptd`; a bundle uses the copy LoRAGenKit
+/// wrote (`ExecuTorchSwap`: `model.ptd` with the swap slots' bytes replaced, same keys). A swap is a
+/// new `Module(filePath:dataFilePaths:)` over the other data file; the program is never re-exported.
+/// `forward(input_ids int64 [1, n], cache_position int64 [n]) -> logits float32 [1, n, vocab]`; the
+/// KV cache lives in the method's memory-planned buffers, so unloading and reloading `forward`
+/// starts a new sequence.
 ///
-/// Built only when the app target links the ExecuTorch Swift package (executorch >= 1.0, products
-/// `executorch` and `backend_xnnpack`, plus the kernels the program needs); without it the app
-/// offers Core ML artifacts only.
+/// ExecuTorch Swift package: project.yml pins `swiftpm-<exporter version>` (products `executorch`,
+/// `backend_xnnpack`, `kernels_optimized`); README.md cites the source of each call. Without the
+/// package the app offers Core ML artifacts only.
 final class ExecuTorchEngine: TokenModel {
     let backend = "executorch"
     let maxContext: Int
@@ -26,13 +27,12 @@ final class ExecuTorchEngine: TokenModel {
 
     func load(_ weights: Weights) throws {
         module = nil
-        let swap: URL
+        let data: URL
         switch weights {
-        case .base: swap = dir.appendingPathComponent("swap.ptd")
-        case .bundle(_, let url): swap = url
+        case .base: data = dir.appendingPathComponent("model.ptd")
+        case .bundle(_, let url): data = url
         }
-        let m = Module(filePath: dir.appendingPathComponent("model.pte").path,
-                       dataFilePaths: [dir.appendingPathComponent("foundation.ptd").path, swap.path])
+        let m = Module(filePath: dir.appendingPathComponent("model.pte").path, dataFilePaths: [data.path])
         try m.load("forward")
         module = m
     }

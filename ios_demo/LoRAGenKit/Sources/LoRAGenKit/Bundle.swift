@@ -10,6 +10,11 @@ public enum BundleFormat {
     public static let manifestKey = "loragen.manifest"
     public static let signatureHexLength = 128
     public static let unsigned = String(repeating: "0", count: signatureHexLength)
+    /// Magnitude bounds (docs/bundle-format.md; Python `format.MAX_*`, Kotlin `BundleFormat.MAX_*`): every
+    /// floating-point value a bundle carries and every merged weight is finite with |x| <= fp16's largest.
+    public static let maxAbsValue: Double = 65504
+    public static let maxLoraScale: Double = 1024
+    public static let maxLoraRank: Int64 = 65536
 }
 
 /// A structurally valid bundle: header parsed, manifest parsed, offsets checked. Data stays in `source`.
@@ -71,7 +76,10 @@ public final class ParsedBundle: @unchecked Sendable {
             let f = manifestValue.objectValue?["format"]
             throw BundleError(.format, "not a \(BundleFormat.format) file (manifest format is \(PyJSON.repr(f)))")
         }
-        if !PyJSON.equals(manifest["format_version"], .int(BundleFormat.formatVersion)) {
+        // exactly the JSON integer 1: not 1.0, not true
+        var versionOK = false
+        if case .int(let v)? = manifest["format_version"], v == BundleFormat.formatVersion { versionOK = true }
+        if !versionOK {
             throw BundleError(.version, "unsupported bundle format_version \(PyJSON.repr(manifest["format_version"])); "
                 + "this reader supports \(BundleFormat.formatVersion)")
         }
@@ -188,12 +196,15 @@ public final class VerifiedBundle: @unchecked Sendable {
     public let kind: String
     public let manifest: JSONObject
     public let artifact: Artifact
+    /// True when an Ed25519 signature was verified; false only for an admitted unsigned bundle.
+    public let signatureVerified: Bool
 
-    init(parsed: ParsedBundle, kind: String, manifest: JSONObject, artifact: Artifact) {
+    init(parsed: ParsedBundle, kind: String, manifest: JSONObject, artifact: Artifact, signatureVerified: Bool) {
         self.parsed = parsed
         self.kind = kind
         self.manifest = manifest
         self.artifact = artifact
+        self.signatureVerified = signatureVerified
     }
 
     /// The `lora` entry {r, alpha, scale} of a lora bundle.
@@ -213,32 +224,27 @@ public enum BundleVerifier {
     public static func verify(_ source: ByteSource, artifact: Artifact, publicKey: Curve25519.Signing.PublicKey?,
                               requireSignature: Bool = true) throws -> VerifiedBundle {
         let pb = try ParsedBundle.parse(source)
-        if let key = publicKey {
-            if !pb.signed { throw BundleError(.unsigned, "bundle is unsigned but a public key was given") }
-            let digest = try pb.signingDigest()
-            guard let sig = Hex.decode(pb.signatureHex), Ed25519.verify(key, signature: sig, message: digest) else {
-                throw BundleError(.badSignature,
-                                  "bundle signature does not verify with this public key (tampered or signed with another key)")
-            }
-        } else if requireSignature {
-            throw BundleError(.keyRequired, "a public key is required to verify this bundle")
-        } else {
-            _ = try pb.signingDigest() // the signature field must still be well formed and unique
-        }
+        let verified = try checkSignature(pb, publicKey: publicKey, requireSignature: requireSignature)
         let m = pb.manifest
         guard let kindS = m["kind"]?.jsonString, let kind = BundleFormat.kinds.first(where: { JSONString($0) == kindS }) else {
             throw BundleError(.kind, "bundle kind \(PyJSON.repr(m["kind"])) is not one of \(BundleFormat.kinds.joined(separator: ", "))")
         }
         let base = m.obj("base") ?? JSONObject()
-        if !PyJSON.equals(base["backend"], artifact.backend) {
+        if !PyJSON.strictEquals(base["backend"], artifact.backend) {
             throw BundleError(.backend, "bundle is for backend \(PyJSON.repr(base["backend"])), the artifact is \(PyJSON.repr(artifact.backend))")
         }
-        if !PyJSON.equals(base["fingerprint"], artifact.fingerprint) {
+        if !PyJSON.strictEquals(base["fingerprint"], artifact.fingerprint) {
             throw BundleError(.fingerprint, "bundle is bound to base fingerprint \(String(PyJSON.str(base["fingerprint"]).prefix(16)))..., "
                 + "the artifact's is \(String(PyJSON.str(artifact.fingerprint).prefix(16)))...")
         }
         guard case .object(let entries)? = m["tensors"], entries.values.allSatisfy({ $0.objectValue != nil }) else {
             throw BundleError(.manifest, "bundle manifest has no valid 'tensors' object")
+        }
+        for name in CodePointOrder.sorted(entries.keys) {
+            let e = entries[name]!.objectValue!
+            for k in ["param", "slot", "dtype", "shape", "sha256"] where !entryFieldOK(k, e[k]) {
+                throw BundleError(.manifest, "bundle manifest entry of tensor \(name.string) has no valid '\(k)'")
+            }
         }
         let headerNames = Set(pb.tensors.keys)
         let manifestNames = Set(entries.keys)
@@ -259,12 +265,10 @@ public enum BundleVerifier {
                     expected.insert(module.appending(".lora_B"))
                 }
             }
-            let lora = m.obj("lora")
-            // Python: isinstance(x, (int, float)) for r, alpha, scale; NaN comparisons are false
-            guard let rv = lora?["r"]?.number, let alpha = lora?["alpha"]?.number, let scale = lora?["scale"]?.number,
-                  !(rv <= 0), !(abs(scale - alpha / rv) > 1e-9 * Swift.max(1.0, abs(scale))) else {
+            guard let lora = m.obj("lora") else {
                 throw BundleError(.manifest, "lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry")
             }
+            _ = try checkLoraParams(lora["r"], lora["alpha"], lora["scale"])
         }
         let missing = CodePointOrder.sorted(expected.subtracting(headerNames))
         let extra = CodePointOrder.sorted(headerNames.subtracting(expected))
@@ -281,10 +285,10 @@ public enum BundleVerifier {
                 throw BundleError(.slot, "tensor \(name.string) names parameter \(PyJSON.repr(param)), which has no swap slot")
             }
             let loc = Artifact.locator(slot)
-            if !PyJSON.equals(e["slot"], .object(loc)) {
+            if !PyJSON.strictEquals(e["slot"], .object(loc)) {
                 throw BundleError(.slot, "tensor \(name.string) is addressed to slot \(PyJSON.str(e["slot"])), the artifact has \(PyJSON.repr(.object(loc)))")
             }
-            if !PyJSON.equals(e["dtype"], .str(te.dtype.rawValue)) || !PyJSON.equals(e["shape"], .array(te.shapeValues)) {
+            if !PyJSON.strictEquals(e["dtype"], .str(te.dtype.rawValue)) || !PyJSON.strictEquals(e["shape"], .array(te.shapeValues)) {
                 throw BundleError(.manifest, "tensor \(name.string): manifest says \(PyJSON.str(e["dtype"])) \(PyJSON.str(e["shape"])), "
                     + "data is \(te.dtype.rawValue) \(PyJSON.repr(.array(te.shapeValues)))")
             }
@@ -311,8 +315,68 @@ public enum BundleVerifier {
             if !PyJSON.equals(pb.container.tensorSHA256(name).map { JSONValue.str($0) }, e["sha256"]) {
                 throw BundleError(.digest, "tensor \(name.string) does not match its sha256 in the manifest")
             }
+            if let why = try valueViolation(pb.container.tensorData(name) ?? Data(), te.dtype) {
+                throw BundleError(.values, "tensor \(name.string) has \(why)")
+            }
         }
-        return VerifiedBundle(parsed: pb, kind: kind, manifest: m, artifact: artifact)
+        return VerifiedBundle(parsed: pb, kind: kind, manifest: m, artifact: artifact, signatureVerified: verified)
+    }
+
+    /// Manifest tensor entry fields and their JSON types (Python `core._ENTRY_TYPES`).
+    static func entryFieldOK(_ field: String, _ v: JSONValue?) -> Bool {
+        switch field {
+        case "slot": return v?.objectValue != nil
+        case "shape": if case .array(_)? = v { return true }; return false
+        default: return v?.jsonString != nil
+        }
+    }
+
+    /// The signature rule (Python `format.check_signature`, Kotlin `BundleVerifier.checkSignature`): a bundle
+    /// that carries a signature is always verified, so it needs `publicKey`, and a bad signature is always
+    /// refused; `requireSignature = false` admits only bundles carrying the all-zero "unsigned" signature.
+    /// Returns true when a signature was verified.
+    public static func checkSignature(_ pb: ParsedBundle, publicKey: Curve25519.Signing.PublicKey?,
+                                      requireSignature: Bool) throws -> Bool {
+        if pb.signed {
+            guard let key = publicKey else {
+                throw BundleError(.keyRequired, "bundle is signed: a public key is required to verify it (unsigned bundles only may be admitted without one)")
+            }
+            let digest = try pb.signingDigest()
+            guard let sig = Hex.decode(pb.signatureHex), Ed25519.verify(key, signature: sig, message: digest) else {
+                throw BundleError(.badSignature,
+                                  "bundle signature does not verify with this public key (tampered or signed with another key)")
+            }
+            return true
+        }
+        if requireSignature {
+            if publicKey == nil { throw BundleError(.keyRequired, "a public key is required to verify this bundle") }
+            throw BundleError(.unsigned, "bundle is unsigned but a public key was given")
+        }
+        _ = try pb.signingDigest() // the signature field must still be well formed and unique
+        return false
+    }
+
+    /// r: an integer 1...maxLoraRank; alpha, scale: finite numbers, |scale| <= maxLoraScale, scale = alpha / r
+    /// (relative 1e-9). Returns r. (Python `core.check_lora_params`.)
+    public static func checkLoraParams(_ r: JSONValue?, _ alpha: JSONValue?, _ scale: JSONValue?) throws -> Int64 {
+        guard case .int(let rv)? = r, rv >= 1, rv <= BundleFormat.maxLoraRank,
+              let a = PyJSON.finite(alpha), let sc = PyJSON.finite(scale), abs(sc) <= BundleFormat.maxLoraScale,
+              !(abs(sc - a / Double(rv)) > 1e-9 * Swift.max(1.0, abs(sc))) else {
+            throw BundleError(.manifest, "lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry (r an integer "
+                + "1...\(BundleFormat.maxLoraRank), alpha and scale finite, |scale| <= \(BundleFormat.maxLoraScale))")
+        }
+        return rv
+    }
+
+    /// Why a tensor's floating-point values break the bounds, or nil (Python `format.value_violation`).
+    public static func valueViolation(_ data: Data, _ dtype: DType) throws -> String? {
+        guard dtype == .F32 || dtype == .F16 || dtype == .BF16 else { return nil }
+        var peak: Float = 0
+        for x in try LoraMerge.toFloats(data, dtype) {
+            if !x.isFinite { return "NaN or Inf values" }
+            peak = Swift.max(peak, abs(x))
+        }
+        return Double(peak) > BundleFormat.maxAbsValue ? "a value of magnitude \(peak), beyond the bound \(BundleFormat.maxAbsValue)" : nil
     }
 
     /// `model.layers.0.mlp.up_proj.weight` -> `model.layers.0.mlp.up_proj`.

@@ -28,6 +28,8 @@ public enum ErrorCode: String, CaseIterable, Sendable {
     case dtype
     case shape
     case digest
+    /// A tensor holds NaN, Inf or a value beyond `BundleFormat.maxAbsValue` (docs/bundle-format.md).
+    case values
 
     /// Not a bundle defect: the file could not be read (Python: `io`).
     case io

@@ -173,6 +173,8 @@ public enum JSONError: Error, Equatable, Sendable {
 public enum JSON {
     /// Containers nested deeper than this are refused (Kotlin: `Json.MAX_DEPTH`; real headers are 4 deep).
     public static let maxDepth = 512
+    /// Longest integer literal accepted, in digits (sign excluded), as Python's bundle reader (Kotlin: `Json.MAX_INT_DIGITS`).
+    public static let maxIntDigits = 4300
 
     public static func parse(_ text: String) throws -> JSONValue { try parse(units: Array(text.utf16)) }
 
@@ -465,6 +467,11 @@ public enum JSON {
                 // correctly rounded; out of range gives ±inf or ±0, as Python's float()
                 return .double(Double(lit) ?? lit.withCString { strtod($0, nil) })
             }
+            // Python's reader refuses integer literals of more than 4300 digits (format.MAX_INT_DIGITS)
+            if lit.utf8.count - (lit.hasPrefix("-") ? 1 : 0) > JSON.maxIntDigits {
+                pos = start
+                throw syntax("integer literal longer than \(JSON.maxIntDigits) digits")
+            }
             if let v = Int64(lit) { return .int(v) }
             return .bigInt(lit)
         }
@@ -474,6 +481,34 @@ public enum JSON {
 // MARK: - Python semantics: equality, str(), repr(), json.dumps
 
 public enum PyJSON {
+    /// Equality with exact JSON types: 1, 1.0 and true all differ; NaN != NaN (Python `format.json_equal`).
+    public static func strictEquals(_ a: JSONValue?, _ b: JSONValue?) -> Bool {
+        switch (a ?? .null, b ?? .null) {
+        case (.null, .null): return true
+        case let (.bool(x), .bool(y)): return x == y
+        case let (.int(x), .int(y)): return x == y
+        case let (.bigInt(x), .bigInt(y)): return x == y
+        case let (.double(x), .double(y)): return x == y
+        case let (.string(x), .string(y)): return x == y
+        case let (.array(x), .array(y)): return x.count == y.count && zip(x, y).allSatisfy { strictEquals($0.0, $0.1) }
+        case let (.object(x), .object(y)):
+            return Set(x.keys) == Set(y.keys) && x.keys.allSatisfy { strictEquals(x[$0], y[$0]) }
+        default: return false
+        }
+    }
+
+    /// A JSON number (never a bool) as a finite Double, else nil (Python `format.finite_number`).
+    public static func finite(_ v: JSONValue?) -> Double? {
+        let d: Double
+        switch v {
+        case .int(let x)?: d = Double(x)
+        case .bigInt(let s)?: d = Double(s) ?? .infinity
+        case .double(let x)?: d = x
+        default: return nil
+        }
+        return d.isFinite ? d : nil
+    }
+
     /// Python's `==` on parsed JSON values (`1 == 1.0 == True`, dicts unordered, NaN != NaN);
     /// a missing value (nil) equals JSON null, as `dict.get` returns None for both.
     public static func equals(_ a: JSONValue?, _ b: JSONValue?) -> Bool {

@@ -286,6 +286,9 @@ public final class PtdFile: @unchecked Sendable {
 
     public func layout(_ key: String) -> TensorLayout? { named[key]?.layout }
 
+    /// The index in `segments` of the segment `key` names, or nil when the file has no such key.
+    public func segmentIndex(_ key: String) -> Int? { named[key]?.index }
+
     public static func read(_ source: ByteSource) throws -> PtdFile {
         if source.size < 48 { throw PtdError("not a .ptd file: too short") }
         let head = source.slice(0, 48)

@@ -4,7 +4,7 @@ import Foundation
 /// `offset`, `header_offset`) and its new bytes (`data`: little-endian, C order, slot dtype).
 ///
 /// - Core ML: write `data` at byte `offset` of a copy of `weights/weight.bin` (`CoreMLSwap`).
-/// - ExecuTorch: write `data` under data key `key` into a new `.ptd` (`PtdWriter`).
+/// - ExecuTorch: write `data` over the segment of data key `key` in a copy of `model.ptd` (`ExecuTorchSwap`).
 /// - ONNX: the external initializer named `key` (not used on iOS, see README).
 public struct SwapTensor: @unchecked Sendable {
     public let param: JSONString
@@ -53,7 +53,7 @@ public struct BaseValues: @unchecked Sendable {
         }
     }
 
-    /// ExecuTorch: the artifact's `swap.ptd`, each slot under its data `key`.
+    /// ExecuTorch: the artifact's `model.ptd`, each slot under its data `key`.
     public static func fromPtd(_ ptd: PtdFile) -> BaseValues {
         BaseValues { _, slot in slot.str("key").flatMap { ptd.buffer($0) } }
     }
@@ -152,11 +152,10 @@ public enum LoraMerge {
         let af = try toFloats(a, dtype)
         let bf = try toFloats(b, dtype)
         let wf = try toFloats(w, dtype)
+        // every merged weight is finite with |w| <= maxAbsValue (65504, fp16's largest), whatever the slot dtype
         let limit: Float
         switch dtype {
-        case .F32: limit = Float.greatestFiniteMagnitude
-        case .F16: limit = 65504.0
-        case .BF16: limit = Float(bitPattern: 0x7F7F_0000)
+        case .F32, .F16, .BF16: limit = Float(BundleFormat.maxAbsValue)
         default: throw BundleError(.build, "lora merge needs a floating-point slot; \(param) is \(dtype.rawValue)")
         }
         var out = Data(count: outF * inF * es)
@@ -173,7 +172,7 @@ public enum LoraMerge {
                     let idx = i * inF + j
                     let v = wf[idx].addingProduct(scale, acc[j])
                     if !(v >= -limit && v <= limit) {
-                        throw BundleError(.merge, "merge of \(param) produced NaN or Inf values; refusing to merge (nothing was written)")
+                        throw BundleError(.merge, "merge of \(param) produced NaN or Inf values or a weight beyond +-65504; refusing to merge (nothing was written)")
                     }
                     switch dtype {
                     case .F32: dst.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: idx * 4, as: UInt32.self)

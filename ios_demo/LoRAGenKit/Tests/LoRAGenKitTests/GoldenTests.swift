@@ -82,8 +82,14 @@ final class GoldenTests: XCTestCase {
         // an unsigned bundle passes only when the caller does not require a signature
         XCTAssertNoThrow(try verify(try Golden.bundle("unsigned"), art, nil, requireSignature: false))
         expectCode("key_required") { _ = try verify(try Golden.bundle("unsigned"), art, nil) }
-        // tampered data is still caught without a key: by the tensor digest
-        expectCode("digest") { _ = try verify(try Golden.bundle("tampered-data"), art, nil, requireSignature: false) }
+        // a bundle that carries a signature is always verified: admitting unsigned bundles does not
+        // let a signed one through without its key, nor one whose signature is bad
+        expectCode("key_required") { _ = try verify(try Golden.bundle("tampered-data"), art, nil, requireSignature: false) }
+        expectCode("bad_signature") {
+            _ = try verify(try Golden.bundle("tampered-data"), art, try Golden.publicKey(), requireSignature: false)
+        }
+        XCTAssertTrue(try verify(valid, art, try Golden.publicKey(), requireSignature: false).signatureVerified)
+        XCTAssertFalse(try verify(try Golden.bundle("unsigned"), art, nil, requireSignature: false).signatureVerified)
         // the golden artifact of another backend refuses the bundle
         expectCode("backend") { _ = try verify(valid, try Golden.artifact("onnx"), try Golden.publicKey()) }
     }

@@ -78,11 +78,12 @@ class BundleManager(private val bundlesDir: File, private val keyFile: File) {
         val vb = BundleVerifier.verify(src, art.manifest, key, requireSignature = true, provider = provider)
         return when (art.backend) {
             "executorch" -> {
-                val base = if (vb.kind == "lora") BaseValues.fromPtd(PtdFile.read(ByteSource.open(File(art.dir, "swap.ptd")))) else null
+                val data = ByteSource.open(File(art.dir, "model.ptd")) // the artifact's one data file
+                val base = if (vb.kind == "lora") BaseValues.fromPtd(PtdFile.read(data)) else null
                 val plan = SwapPlan.build(vb, base)
                 val ptd = File(bundlesDir, "$id.ptd")
                 val tmp = File(bundlesDir, "$id.ptd.tmp")
-                tmp.outputStream().buffered(1 shl 20).use { PtdWriter.write(PtdWriter.entriesFor(plan), it) }
+                tmp.outputStream().buffered(1 shl 20).use { PtdWriter.writeSwapped(data, plan, it) } // model.ptd, slots swapped
                 if (!tmp.renameTo(ptd)) error("cannot write ${ptd.path}")
                 Weights.Bundle(id, plan, ptd)
             }

@@ -6,7 +6,7 @@ import androidx.compose.runtime.mutableStateOf
 import androidx.lifecycle.AndroidViewModel
 import androidx.lifecycle.viewModelScope
 import dev.loragen.core.BundleException
-import dev.loragen.demo.engine.ByteLevelBpeTokenizer
+import dev.loragen.core.Tokenizer
 import dev.loragen.demo.engine.ChatEngine
 import dev.loragen.demo.engine.ExecuTorchEngine
 import dev.loragen.demo.engine.OnnxEngine
@@ -46,7 +46,7 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
     val savedTokens = mutableStateOf<Int?>(null)
 
     private var engine: ChatEngine? = null
-    private var tokenizer: ByteLevelBpeTokenizer? = null
+    private var tokenizer: Tokenizer? = null
 
     init { refreshArtifacts() }
 
@@ -78,7 +78,7 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
     /** Loads the base artifact (the backend is the artifact's). */
     fun selectArtifact(a: LocalArtifact) = launchIo("Loading ${a.name}") {
         engine?.close()
-        val tok = ByteLevelBpeTokenizer.load(File(a.dir, "tokenizer.json"))
+        val tok = Tokenizer.load(File(a.dir, "tokenizer.json")) // TokenizerException names what it cannot reproduce
         val e = if (a.backend == "executorch") ExecuTorchEngine(a.dir) else OnnxEngine(a.dir, tok)
         e.load(Weights.Base)
         engine = e
@@ -123,7 +123,9 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
         val weights = manager.prepare(id, file, a) // throws BundleException on any defect
         status.value = "Swapping ${weights.plan.size} tensors..."
         engine!!.load(weights)
-        val saved = tokenizer?.encode(systemPrompt(description))?.size
+        val saved = tokenizer?.let {
+            it.encode(prompt(a, "", description), addSpecialTokens = false).size - it.encode(prompt(a, ""), addSpecialTokens = false).size
+        }
         withContext(Dispatchers.Main) {
             active.value = id
             savedTokens.value = saved
@@ -131,8 +133,15 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
         }
     }
 
-    /** The context a non-specialized model would need for the same behaviour. */
-    private fun systemPrompt(description: String) = "System: $description\n"
+    /** The text for [message] (and an optional system message: the task description a
+     *  non-specialized model would need in context), as the artifact's chat template renders it. */
+    private fun prompt(a: LocalArtifact, message: String, system: String? = null): String {
+        // The artifact's prompt contract: its chat template rendered by `loragen export` into
+        // artifact.json "prompt_format" (the engine's tokenizer adds the BOS id).
+        val fmt = a.manifest.json.obj("prompt_format") ?: error("artifact.json has no prompt_format; re-export it with loragen export")
+        val template = fmt.str(if (system != null) "with_system" else "without_system") ?: error("artifact.json prompt_format is incomplete")
+        return Regex("\\{(system|input)\\}").replace(template) { if (it.groupValues[1] == "system") system!! else message }
+    }
 
     fun send(message: String) {
         val e = engine ?: run { status.value = "load an artifact first"; return }
@@ -141,7 +150,7 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
         chat.add(ChatLine(false, ""))
         val idx = chat.lastIndex
         launchIo("Generation") {
-            val stats = e.generate("User: $message\nAssistant:", 128) { piece ->
+            val stats = e.generate(prompt(selected.value ?: error("load an artifact first"), message), 128) { piece ->
                 viewModelScope.launch(Dispatchers.Main) { chat[idx] = chat[idx].copy(text = chat[idx].text + piece) }
             }
             withContext(Dispatchers.Main) { tokensPerSecond.value = stats.tokensPerSecond }

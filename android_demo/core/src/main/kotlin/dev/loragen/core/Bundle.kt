@@ -15,6 +15,12 @@ object BundleFormat {
     const val MANIFEST_KEY = "loragen.manifest"
     const val SIG_HEX_LEN = 128
     val UNSIGNED: String = "0".repeat(SIG_HEX_LEN)
+
+    /** Magnitude bounds (docs/bundle-format.md, Python `format.MAX_*`): every floating-point value
+     *  a bundle carries and every merged weight is finite with |x| <= the largest finite fp16 value. */
+    const val MAX_ABS_VALUE = 65504.0
+    const val MAX_LORA_SCALE = 1024.0
+    const val MAX_LORA_RANK = 65536L
 }
 
 /** A structurally valid bundle: header parsed, manifest parsed, offsets checked. Data stays in [source]. */
@@ -84,7 +90,8 @@ class ParsedBundle internal constructor(
                 val f = (manifest as? JsonObject)?.get("format")
                 fail(ErrorCode.FORMAT, "not a ${BundleFormat.FORMAT} file (manifest format is ${JsonValues.render(f)})")
             }
-            if (!JsonValues.pyEquals(manifest["format_version"], BundleFormat.FORMAT_VERSION.toLong())) {
+            // exactly the JSON integer 1: not 1.0, not true
+            if (manifest["format_version"] != BundleFormat.FORMAT_VERSION.toLong()) {
                 fail(ErrorCode.VERSION, "unsupported bundle format_version ${JsonValues.render(manifest["format_version"])}; " +
                     "this reader supports ${BundleFormat.FORMAT_VERSION}")
             }
@@ -159,6 +166,8 @@ class VerifiedBundle internal constructor(
     val kind: String,
     val manifest: JsonObject,
     val artifact: Artifact,
+    /** True when an Ed25519 signature was verified; false only for an admitted unsigned bundle. */
+    val signatureVerified: Boolean = false,
 ) {
     val params: List<String> get() =
         manifest.obj("tensors")!!.entries.map { (it.value as JsonObject).str("param")!! }.distinct().sortedWith(CodePointOrder)
@@ -197,27 +206,17 @@ object BundleVerifier {
         provider: Provider? = null,
     ): VerifiedBundle {
         val pb = ParsedBundle.parse(source)
-        if (publicKey != null) {
-            if (!pb.signed) fail(ErrorCode.UNSIGNED, "bundle is unsigned but a public key was given")
-            val digest = pb.signingDigest()
-            if (!Ed25519.verify(publicKey, Hex.decode(pb.signatureHex), digest, provider)) {
-                fail(ErrorCode.BAD_SIGNATURE, "bundle signature does not verify with this public key (tampered or signed with another key)")
-            }
-        } else if (requireSignature) {
-            fail(ErrorCode.KEY_REQUIRED, "a public key is required to verify this bundle")
-        } else {
-            pb.signingDigest() // the signature field must still be well formed and unique
-        }
+        val verified = checkSignature(pb, publicKey, requireSignature, provider)
         val m = pb.manifest
         val kind = m["kind"]
         if (kind !is String || kind !in BundleFormat.KINDS) {
             fail(ErrorCode.KIND, "bundle kind ${JsonValues.render(kind)} is not one of ${BundleFormat.KINDS.joinToString(", ")}")
         }
         val base = m.obj("base") ?: JsonObject(LinkedHashMap())
-        if (!JsonValues.pyEquals(base["backend"], artifact.backend)) {
+        if (!JsonValues.strictEquals(base["backend"], artifact.backend)) {
             fail(ErrorCode.BACKEND, "bundle is for backend ${JsonValues.render(base["backend"])}, the artifact is ${JsonValues.render(artifact.backend)}")
         }
-        if (!JsonValues.pyEquals(base["fingerprint"], artifact.fingerprint)) {
+        if (!JsonValues.strictEquals(base["fingerprint"], artifact.fingerprint)) {
             fail(ErrorCode.FINGERPRINT, "bundle is bound to base fingerprint ${JsonValues.render(base["fingerprint"]).take(17)}..., " +
                 "the artifact's is ${JsonValues.render(artifact.fingerprint).take(17)}...")
         }
@@ -225,12 +224,18 @@ object BundleVerifier {
         if (entries !is JsonObject || !entries.entries.all { it.value is JsonObject }) {
             fail(ErrorCode.MANIFEST, "bundle manifest has no valid 'tensors' object")
         }
+        for (name in entries.keys.sortedWith(CodePointOrder)) {
+            val e = entries[name] as JsonObject
+            for ((k, ok) in ENTRY_TYPES) {
+                if (!ok(e[k])) fail(ErrorCode.MANIFEST, "bundle manifest entry of tensor $name has no valid '$k'")
+            }
+        }
         if (entries.keys != pb.tensors.keys) {
             val diff = (entries.keys - pb.tensors.keys) + (pb.tensors.keys - entries.keys)
             fail(ErrorCode.MANIFEST, "bundle manifest and tensors disagree on ${diff.sortedWith(CodePointOrder).take(1)}")
         }
         val slots = artifact.slotsByParam
-        var r = 0.0
+        var r = 0L
         val expected: Set<String> = if (kind == "merged") {
             slots.keys
         } else {
@@ -240,17 +245,9 @@ object BundleVerifier {
                 val mod = moduleOf(p)
                 exp.add("$mod.lora_A"); exp.add("$mod.lora_B")
             }
-            val lora = m["lora"]
-            val rv = (lora as? JsonObject)?.let { JsonValues.num(it["r"]) }
-            val alpha = (lora as? JsonObject)?.let { JsonValues.num(it["alpha"]) }
-            val scale = (lora as? JsonObject)?.let { JsonValues.num(it["scale"]) }
-            // NaN comparisons are false, as in Python
-            if (rv == null || alpha == null || scale == null || rv <= 0 ||
-                Math.abs(scale - alpha / rv) > 1e-9 * maxOf(1.0, Math.abs(scale))
-            ) {
-                fail(ErrorCode.MANIFEST, "lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry")
-            }
-            r = rv
+            val lora = m["lora"] as? JsonObject
+                ?: fail(ErrorCode.MANIFEST, "lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry")
+            r = checkLoraParams(lora["r"], lora["alpha"], lora["scale"])
             exp
         }
         val names = pb.tensors.keys
@@ -265,10 +262,10 @@ object BundleVerifier {
             val slot = (param as? String)?.let { slots[it] }
                 ?: fail(ErrorCode.SLOT, "tensor $name names parameter ${JsonValues.render(param)}, which has no swap slot")
             val loc = Artifact.locator(slot)
-            if (!JsonValues.pyEquals(e["slot"], loc)) {
+            if (!JsonValues.strictEquals(e["slot"], loc)) {
                 fail(ErrorCode.SLOT, "tensor $name is addressed to slot ${JsonValues.render(e["slot"])}, the artifact has ${JsonValues.render(loc)}")
             }
-            if (!JsonValues.pyEquals(e["dtype"], te.dtype.id) || !JsonValues.pyEquals(e["shape"], te.shape)) {
+            if (e["dtype"] != te.dtype.id || !JsonValues.strictEquals(e["shape"], te.shape)) {
                 fail(ErrorCode.MANIFEST, "tensor $name: manifest says ${JsonValues.render(e["dtype"])} ${JsonValues.render(e["shape"])}, " +
                     "data is ${te.dtype.id} ${te.shape}")
             }
@@ -281,15 +278,80 @@ object BundleVerifier {
             val inF = sshape[1]
             val ok = when {
                 kind == "merged" -> JsonValues.pyEquals(te.shape, sshape)
-                name.endsWith(".lora_A") -> te.shape.size == 2 && JsonValues.pyEquals(te.shape[1], inF) && te.shape[0].toDouble() == r
-                else -> te.shape.size == 2 && JsonValues.pyEquals(te.shape[0], outF) && te.shape[1].toDouble() == r
+                name.endsWith(".lora_A") -> te.shape.size == 2 && JsonValues.pyEquals(te.shape[1], inF) && te.shape[0] == r
+                else -> te.shape.size == 2 && JsonValues.pyEquals(te.shape[0], outF) && te.shape[1] == r
             }
             if (!ok) fail(ErrorCode.SHAPE, "tensor $name has shape ${te.shape}, which does not fit slot shape ${JsonValues.render(sshape)}")
             if (pb.container.tensorSha256(name) != e["sha256"]) {
                 fail(ErrorCode.DIGEST, "tensor $name does not match its sha256 in the manifest")
             }
+            valueViolation(pb.container.tensorBuffer(name), te.dtype)?.let { fail(ErrorCode.VALUES, "tensor $name has $it") }
         }
-        return VerifiedBundle(pb, kind, m, artifact)
+        return VerifiedBundle(pb, kind, m, artifact, verified)
+    }
+
+    /** Manifest tensor entry fields and their JSON types (Python `core._ENTRY_TYPES`). */
+    private val ENTRY_TYPES: List<Pair<String, (Any?) -> Boolean>> = listOf(
+        "param" to { v -> v is String }, "slot" to { v -> v is JsonObject }, "dtype" to { v -> v is String },
+        "shape" to { v -> v is List<*> }, "sha256" to { v -> v is String },
+    )
+
+    /**
+     * The signature rule (Python `format.check_signature`): a bundle that carries a signature is
+     * always verified, so it needs [publicKey], and a bad signature is always refused;
+     * `requireSignature = false` admits only bundles carrying the all-zero "unsigned" signature.
+     * Returns true when a signature was verified.
+     */
+    fun checkSignature(pb: ParsedBundle, publicKey: PublicKey?, requireSignature: Boolean, provider: Provider? = null): Boolean {
+        if (pb.signed) {
+            if (publicKey == null) {
+                fail(ErrorCode.KEY_REQUIRED, "bundle is signed: a public key is required to verify it (unsigned bundles only may be admitted without one)")
+            }
+            val digest = pb.signingDigest()
+            if (!Ed25519.verify(publicKey, Hex.decode(pb.signatureHex), digest, provider)) {
+                fail(ErrorCode.BAD_SIGNATURE, "bundle signature does not verify with this public key (tampered or signed with another key)")
+            }
+            return true
+        }
+        if (requireSignature) {
+            if (publicKey == null) fail(ErrorCode.KEY_REQUIRED, "a public key is required to verify this bundle")
+            fail(ErrorCode.UNSIGNED, "bundle is unsigned but a public key was given")
+        }
+        pb.signingDigest() // the signature field must still be well formed and unique
+        return false
+    }
+
+    /** r: an integer 1..MAX_LORA_RANK; alpha, scale: finite numbers, |scale| <= MAX_LORA_SCALE,
+     *  scale = alpha / r (relative 1e-9). Returns r. (Python `core.check_lora_params`.) */
+    fun checkLoraParams(r: Any?, alpha: Any?, scale: Any?): Long {
+        val a = JsonValues.finite(alpha)
+        val sc = JsonValues.finite(scale)
+        if (r !is Long || r < 1 || r > BundleFormat.MAX_LORA_RANK || a == null || sc == null ||
+            Math.abs(sc) > BundleFormat.MAX_LORA_SCALE || Math.abs(sc - a / r.toDouble()) > 1e-9 * maxOf(1.0, Math.abs(sc))
+        ) {
+            fail(ErrorCode.MANIFEST, "lora bundle has no valid 'lora' {r, alpha, scale = alpha / r} entry (r an integer " +
+                "1..${BundleFormat.MAX_LORA_RANK}, alpha and scale finite, |scale| <= ${BundleFormat.MAX_LORA_SCALE})")
+        }
+        return r
+    }
+
+    /** Why a tensor's floating-point values break the bounds, or null (Python `format.value_violation`). */
+    fun valueViolation(buf: java.nio.ByteBuffer, dtype: DType): String? {
+        if (dtype != DType.F32 && dtype != DType.F16 && dtype != DType.BF16) return null
+        val b = buf.duplicate().order(java.nio.ByteOrder.LITTLE_ENDIAN)
+        val p = b.position()
+        val n = b.remaining() / dtype.size
+        var peak = 0.0f
+        for (i in 0 until n) {
+            val x = when (dtype) {
+                DType.F32 -> b.getFloat(p + 4 * i)
+                DType.F16 -> Fp16.toFloat(b.getShort(p + 2 * i).toInt() and 0xffff)
+                else -> Bf16.toFloat(b.getShort(p + 2 * i).toInt() and 0xffff)
+            }
+            if (x.isNaN() || x.isInfinite()) return "NaN or Inf values"
+            peak = maxOf(peak, Math.abs(x))
+        }
+        return if (peak > BundleFormat.MAX_ABS_VALUE) "a value of magnitude $peak, beyond the bound ${BundleFormat.MAX_ABS_VALUE}" else null
     }
 
     fun moduleOf(param: String): String = if (param.endsWith(".weight")) param.dropLast(".weight".length) else param

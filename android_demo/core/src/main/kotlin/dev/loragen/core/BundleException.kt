@@ -30,6 +30,9 @@ enum class ErrorCode(val id: String) {
     SHAPE("shape"),
     DIGEST("digest"),
 
+    /** A tensor holds NaN, Inf or a value beyond [BundleFormat.MAX_ABS_VALUE] (docs/bundle-format.md). */
+    VALUES("values"),
+
     /** Not a bundle defect: the file could not be read (Python: `io`). */
     IO("io"),
 

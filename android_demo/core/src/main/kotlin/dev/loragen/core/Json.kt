@@ -11,7 +11,8 @@ import java.math.BigInteger
  *  - object  -> [JsonObject] (insertion-ordered; a repeated key anywhere is an error)
  *  - array   -> `List<Any?>`
  *  - string  -> `String`
- *  - integer literal (no fraction/exponent) -> `Long`, or `BigInteger` when it does not fit
+ *  - integer literal (no fraction/exponent) -> `Long`, or `BigInteger` when it does not fit; more
+ *    than [MAX_INT_DIGITS] digits is a syntax error
  *  - other numbers -> `Double`
  *  - true/false -> `Boolean`, null -> `null`
  *
@@ -23,6 +24,9 @@ import java.math.BigInteger
  */
 object Json {
     const val MAX_DEPTH = 512
+
+    /** Longest integer literal accepted, in digits (sign excluded), as Python's bundle reader. */
+    const val MAX_INT_DIGITS = 4300
 
     fun parse(text: String): Any? {
         val p = Parser(text)
@@ -179,6 +183,11 @@ object Json {
             }
             val lit = s.substring(start, pos)
             if (!isInt) return lit.toDouble()
+            // Python's reader refuses integer literals of more than 4300 digits (format.MAX_INT_DIGITS)
+            if (lit.length - (if (lit.startsWith("-")) 1 else 0) > MAX_INT_DIGITS) {
+                pos = start
+                fail("integer literal longer than $MAX_INT_DIGITS digits")
+            }
             return lit.toLongOrNull() ?: BigInteger(lit)
         }
     }
@@ -215,6 +224,31 @@ object JsonValues {
 
     /** An integer (not a bool, not a float literal), as Python's `isinstance(x, int) and not bool`. */
     fun isInt(v: Any?): Boolean = v is Long || v is BigInteger
+
+    /** A JSON number (never a bool) as a finite double, else null (Python `format.finite_number`). */
+    fun finite(v: Any?): Double? {
+        val d = when (v) {
+            is Long -> v.toDouble()
+            is BigInteger -> v.toDouble()
+            is Double -> v
+            else -> return null
+        }
+        return if (d.isNaN() || d.isInfinite()) null else d
+    }
+
+    private fun ieeeEquals(x: Double, y: Double): Boolean = x == y // IEEE 754: NaN != NaN, -0.0 == 0.0
+
+    /** Equality with exact JSON types: 1, 1.0 and true all differ; NaN != NaN (Python `format.json_equal`). */
+    fun strictEquals(a: Any?, b: Any?): Boolean = when {
+        a == null || b == null -> a == null && b == null
+        a is String -> b is String && a == b
+        a is Boolean -> b is Boolean && a == b
+        a is Double -> b is Double && ieeeEquals(a, b)
+        isInt(a) -> isInt(b) && toBig(a) == toBig(b)
+        a is List<*> -> b is List<*> && a.size == b.size && a.indices.all { strictEquals(a[it], b[it]) }
+        a is JsonObject -> b is JsonObject && a.keys == b.keys && a.entries.all { strictEquals(it.value, b[it.key]) }
+        else -> false
+    }
 
     fun pyEquals(a: Any?, b: Any?): Boolean {
         if (a == null || b == null) return a == null && b == null

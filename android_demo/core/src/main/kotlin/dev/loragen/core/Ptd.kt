@@ -49,6 +49,46 @@ data class TensorLayout(val scalarType: Int, val sizes: List<Int>, val dimOrder:
 class PtdEntry(val key: String, val data: ByteBuffer, val layout: TensorLayout? = null)
 
 object PtdWriter {
+    /**
+     * The artifact's data file with a swap plan applied, as ExecuTorch's stock runners load it (one
+     * data file: `LlmModule(..., listOf(path))`): a byte copy of [base] (the artifact's `model.ptd`)
+     * with each tensor's bytes written over its slot's segment. Keys, layouts and every other byte are
+     * unchanged, so the result equals Python's `apply_swap` output byte for byte. Each tensor's key
+     * must name a segment of exactly its size; when the slot records `offset`, it must be where that
+     * segment starts.
+     */
+    fun writeSwapped(base: ByteSource, plan: List<SwapTensor>, out: OutputStream) {
+        val ptd = PtdFile.read(base)
+        val patches = java.util.TreeMap<Long, SwapTensor>()
+        for (t in plan) {
+            val key = t.key ?: fail(ErrorCode.SLOT, "swap slot of ${t.param} has no data key")
+            val (idx, _) = ptd.namedData[key] ?: fail(ErrorCode.SLOT, "the artifact's .ptd has no entry $key for ${t.param}")
+            val (off, size) = ptd.segments[idx]
+            val at = ptd.segmentBaseOffset + off
+            if (size != t.nbytes.toLong()) fail(ErrorCode.SLOT, "${t.param}: .ptd segment holds $size bytes, the tensor has ${t.nbytes}")
+            t.offset?.let { if (it != at) fail(ErrorCode.SLOT, "${t.param}: slot offset $it is not its .ptd segment's offset $at") }
+            if (patches.put(at, t) != null) fail(ErrorCode.SLOT, "two swap tensors share the .ptd segment of ${t.param}")
+        }
+        val ch = Channels.newChannel(out)
+        var pos = 0L
+        fun copyTo(end: Long) {
+            while (pos < end) {
+                val n = minOf(end - pos, 1L shl 24)
+                val b = base.slice(pos, n)
+                while (b.hasRemaining()) ch.write(b)
+                pos += n
+            }
+        }
+        for ((at, t) in patches) {
+            copyTo(at)
+            val d = t.data
+            while (d.hasRemaining()) ch.write(d)
+            pos = at + t.nbytes
+        }
+        copyTo(base.size)
+        out.flush()
+    }
+
     /** The swap `.ptd` for a swap plan: each tensor under its slot's data key, no layout (as exported). */
     fun entriesFor(plan: List<SwapTensor>, withLayout: Boolean = false): List<PtdEntry> = plan.map {
         PtdEntry(it.key ?: fail(ErrorCode.SLOT, "swap slot of ${it.param} has no data key"), it.data,

@@ -78,7 +78,7 @@ object SwapPlan {
             if (base == null) fail(ErrorCode.BUILD, "a lora bundle needs the artifact's base values to merge on the device")
             val lora = vb.manifest.obj("lora")!!
             // Python: LoraAdapter(r=int(r), alpha=float(alpha)).scale, an fp64 value used as addmm's alpha
-            val r = JsonValues.num(lora["r"])!!.toLong()
+            val r = lora["r"] as Long
             val scale = (JsonValues.num(lora["alpha"])!! / r).toFloat()
             for ((name, ev) in entries.entries) {
                 if (!name.endsWith(".lora_A")) continue
@@ -126,10 +126,9 @@ object LoraMerge {
         val af = toFloats(a, dtype)
         val bf = toFloats(b, dtype)
         val wl = w.duplicate().order(ByteOrder.LITTLE_ENDIAN)
+        // every merged weight is finite with |w| <= MAX_ABS_VALUE (65504, fp16's largest), whatever the slot dtype
         val limit = when (dtype) {
-            DType.F32 -> Float.MAX_VALUE
-            DType.F16 -> 65504.0f
-            DType.BF16 -> java.lang.Float.intBitsToFloat(0x7f7f0000)
+            DType.F32, DType.F16, DType.BF16 -> BundleFormat.MAX_ABS_VALUE.toFloat()
             else -> fail(ErrorCode.BUILD, "lora merge needs a floating-point slot; $param is ${dtype.id}")
         }
         val out = ByteBuffer.allocate(outF * inF * es).order(ByteOrder.LITTLE_ENDIAN)
@@ -147,7 +146,7 @@ object LoraMerge {
                 val wv = readFloat(wl, base0 + idx * es, dtype)
                 val v = Fma.fma(scale, acc[j], wv)
                 if (!(v >= -limit && v <= limit)) {
-                    fail(ErrorCode.MERGE, "merge of $param produced NaN or Inf values; refusing to merge (nothing was written)")
+                    fail(ErrorCode.MERGE, "merge of $param produced NaN or Inf values or a weight beyond +-65504; refusing to merge (nothing was written)")
                 }
                 when (dtype) {
                     DType.F32 -> out.putFloat(idx * 4, v)

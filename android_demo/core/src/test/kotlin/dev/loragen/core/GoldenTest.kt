@@ -81,8 +81,12 @@ class GoldenTest {
         // an unsigned bundle passes only when the caller does not require a signature
         BundleVerifier.verify(ByteSource.of(Golden.bundle("unsigned")), art, null, requireSignature = false)
         expectCode("key_required") { BundleVerifier.verify(ByteSource.of(Golden.bundle("unsigned")), art, null) }
-        // tampered data is still caught without a key: by the tensor digest
-        expectCode("digest") { BundleVerifier.verify(ByteSource.of(Golden.bundle("tampered-data")), art, null, requireSignature = false) }
+        // a bundle that carries a signature is always verified: admitting unsigned bundles does not
+        // let a signed one through without its key, nor one whose signature is bad
+        expectCode("key_required") { BundleVerifier.verify(ByteSource.of(Golden.bundle("tampered-data")), art, null, requireSignature = false) }
+        expectCode("bad_signature") { BundleVerifier.verify(ByteSource.of(Golden.bundle("tampered-data")), art, Golden.publicKey, requireSignature = false) }
+        assertTrue(BundleVerifier.verify(ByteSource.of(valid), art, Golden.publicKey, requireSignature = false).signatureVerified)
+        assertTrue(!BundleVerifier.verify(ByteSource.of(Golden.bundle("unsigned")), art, null, requireSignature = false).signatureVerified)
         // the golden artifact of another backend refuses the bundle
         expectCode("backend") { BundleVerifier.verify(ByteSource.of(valid), Golden.artifact("onnx"), Golden.publicKey) }
     }

@@ -98,6 +98,49 @@ class PtdTest {
     }
 
     @Test
+    fun swappedCopyOfTheArtifactPtd() {
+        // an artifact's model.ptd: a foundation entry, then every swap slot under its key
+        val art = Golden.artifact("executorch")
+        val st = Golden.safetensors("base/executorch.safetensors")
+        val foundation = PtdEntry("foundation-weight", ByteBuffer.wrap(ByteArray(300) { (it * 7).toByte() }),
+            TensorLayout(6, listOf(75), listOf(0)))
+        val baseRaw = PtdWriter.toBytes(listOf(foundation) + art.slotsByParam.values.map { s ->
+            PtdEntry(s.str("key")!!, st.tensorBuffer(s.str("name")!!))
+        })
+        val base = PtdFile.read(ByteSource.of(baseRaw))
+        for (n in listOf("executorch-merged", "executorch-lora")) {
+            val vb = BundleVerifier.verify(ByteSource.of(Golden.bundle(n)), art, Golden.publicKey)
+            val plan = SwapPlan.build(vb, BaseValues.fromPtd(base))
+            val bos = java.io.ByteArrayOutputStream()
+            PtdWriter.writeSwapped(ByteSource.of(baseRaw), plan, bos)
+            val raw = bos.toByteArray()
+            assertEquals(baseRaw.size, raw.size)
+            val back = PtdFile.read(ByteSource.of(raw))
+            assertEquals(base.keys.toList(), back.keys.toList())
+            assertEquals(base.segments, back.segments)
+            assertArrayEquals(bytesOf(foundation.data), bytesOf(back.buffer(foundation.key)!!))
+            assertEquals(foundation.layout, back.layout(foundation.key))
+            for (t in plan) assertEquals(t.sha256(), sha256Hex(bytesOf(back.buffer(t.key!!)!!)))
+            // every changed byte lies in a swapped segment
+            val swapped = plan.map { t -> base.segments[base.namedData[t.key!!]!!.first].let { (o, sz) -> base.segmentBaseOffset + o until base.segmentBaseOffset + o + sz } }
+            val changed = raw.indices.filter { raw[it] != baseRaw[it] }
+            assertTrue(changed.isNotEmpty())
+            assertTrue(changed.all { i -> swapped.any { i.toLong() in it } })
+        }
+        // a tensor whose size is not its segment's, or whose recorded offset is not the segment's: refused
+        val t = SwapPlan.build(BundleVerifier.verify(ByteSource.of(Golden.bundle("executorch-merged")), art, Golden.publicKey), null).first()
+        val seg = base.segments[base.namedData[t.key!!]!!.first]
+        fun retarget(vararg kv: Pair<String, Any?>) = SwapTensor(t.param, JsonObject(linkedMapOf(*kv)), t.dtype, t.shape, t.data)
+        val sink = java.io.ByteArrayOutputStream()
+        expectCode("slot") { PtdWriter.writeSwapped(ByteSource.of(baseRaw), listOf(retarget("key" to foundation.key)), sink) }
+        expectCode("slot") { PtdWriter.writeSwapped(ByteSource.of(baseRaw), listOf(retarget("key" to "missing")), sink) }
+        expectCode("slot") {
+            PtdWriter.writeSwapped(ByteSource.of(baseRaw), listOf(retarget("key" to t.key, "offset" to base.segmentBaseOffset + seg.first + 128)), sink)
+        }
+        PtdWriter.writeSwapped(ByteSource.of(baseRaw), listOf(retarget("key" to t.key, "offset" to base.segmentBaseOffset + seg.first)), sink)
+    }
+
+    @Test
     fun rejectsNonPtd() {
         for (raw in listOf(ByteArray(10), ByteArray(64), Golden.bundle("executorch-merged"))) {
             try {

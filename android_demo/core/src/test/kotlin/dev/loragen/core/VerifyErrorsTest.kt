@@ -79,7 +79,8 @@ class VerifyErrorsTest {
             it.replace("\"loragen.signature\":\"${"0".repeat(128)}\"", "\"loragen.signature\": \"${"ab".repeat(64)}\"")
         })
         case("sig-spaced", "signature_field", spaced)
-        case("sig-spaced-nokey", "signature_field", spaced, key = false, requireSig = false)
+        // a signed bundle is verified even when unsigned ones are admitted: without a key it is refused
+        case("sig-spaced-nokey", "key_required", spaced, key = false, requireSig = false)
     }
 
     @Test
@@ -91,8 +92,10 @@ class VerifyErrorsTest {
         case("format-other", "format", rebuild(man = m().apply { map["format"] = "other" }))
         case("version-2", "version", rebuild(man = m().apply { map["format_version"] = 2L }))
         case("version-string", "version", rebuild(man = m().apply { map["format_version"] = "1" }))
-        // Python compares with ==: 1.0 is version 1
-        case("version-float", null, rebuild(man = m().apply { map["format_version"] = 1.0 }))
+        // exactly the JSON integer 1: not 1.0, not true
+        case("version-float", "version", rebuild(man = m().apply { map["format_version"] = 1.0 }))
+        case("version-true", "version", rebuild(man = m().apply { map["format_version"] = true }))
+        case("manifest-huge-int", "manifest", rebuild(man = JsonValues.render(m()).replaceFirst("\"format_version\":1", "\"format_version\":" + "1".repeat(4301))))
         case("tensors-disagree", "manifest", rebuild(man = m().apply { o("tensors").map.remove(first) }))
         case("tensors-not-object", "manifest", rebuild(man = m().apply { map["tensors"] = listOf(1L) }))
     }
@@ -103,6 +106,8 @@ class VerifyErrorsTest {
         case("dtype-f64", "tensor_header", rebuild(spec = mapOf(first to spec("F64", e.shape, listOf(0L, 512L)))))
         case("shape-negative", "tensor_header", rebuild(spec = mapOf(first to spec("F32", listOf(-8L, -16L), listOf(0L, 512L)))))
         case("shape-float", "tensor_header", rebuild(spec = mapOf(first to spec("F32", listOf(8.0, 16L), listOf(0L, 512L)))))
+        case("dtype-list", "tensor_header", rebuild(spec = mapOf(first to spec(listOf("F32"), e.shape, listOf(0L, 512L)))))
+        case("dtype-object", "tensor_header", rebuild(spec = mapOf(first to spec(JsonObject(LinkedHashMap(mapOf("a" to 1L))), e.shape, listOf(0L, 512L)))))
         case("offsets-bool", "tensor_header", rebuild(spec = mapOf(first to spec("F32", e.shape, listOf(false, 512L)))))
         case("spec-extra-key", "tensor_header", rebuild(spec = mapOf(first to spec("F32", e.shape, listOf(0L, 512L), mapOf("x" to 1L)))))
         case("offsets-size-mismatch", "data_offsets", rebuild(spec = mapOf(first to spec("F32", listOf(8L, 8L), listOf(0L, 512L)))))
@@ -119,7 +124,11 @@ class VerifyErrorsTest {
         case("unsigned-no-key-allowed", null, rebuild(sign = false), key = false, requireSig = false)
         val flipped = rebuild().also { it[it.size - 1] = (it[it.size - 1].toInt() xor 0x40).toByte() }
         case("flipped-last-byte", "bad_signature", flipped)
-        case("flipped-last-byte-nokey", "digest", flipped, key = false, requireSig = false)
+        // admitting unsigned bundles never admits a signed one without its key, nor a bad signature
+        case("flipped-last-byte-nokey", "key_required", flipped, key = false, requireSig = false)
+        case("flipped-last-byte-allow", "bad_signature", flipped, requireSig = false)
+        val unsignedFlipped = rebuild(sign = false).also { it[it.size - 1] = (it[it.size - 1].toInt() xor 0x40).toByte() }
+        case("unsigned-flipped-nokey-allowed", "digest", unsignedFlipped, key = false, requireSig = false)
     }
 
     @Test
@@ -154,6 +163,28 @@ class VerifyErrorsTest {
         val badScale = BundleWriter.copy(lm) as JsonObject
         badScale.o("lora").map["scale"] = 1.0
         case("lora-bad-scale", "manifest", BundleWriter.assemble(lt, badScale))
+        for ((label, alpha, scale) in listOf(Triple("nan", Double.NaN, Double.NaN), Triple("inf", Double.POSITIVE_INFINITY, Double.POSITIVE_INFINITY),
+            Triple("1e38", 1e38, 2.5e37), Triple("scale-2048", 8192.0, 2048.0))) {
+            val bad = BundleWriter.copy(lm) as JsonObject
+            bad.o("lora").map["alpha"] = alpha
+            bad.o("lora").map["scale"] = scale
+            case("lora-alpha-$label", "manifest", BundleWriter.assemble(lt, bad))
+        }
+        val rFloat = BundleWriter.copy(lm) as JsonObject
+        rFloat.o("lora").map["r"] = 4.0
+        case("lora-r-float", "manifest", BundleWriter.assemble(lt, rFloat))
+        // a NaN and an out-of-bound factor value, digests updated and re-signed
+        for ((label, value) in listOf("nan" to Float.NaN, "3e38" to 3e38f, "70000" to 70000f)) {
+            val name = "model.layers.0.mlp.up_proj.lora_A"
+            val ts = lt.map { t ->
+                if (t.name != name) t else BundleWriter.T(t.name, t.dtype, t.shape, t.data.copyOf().also {
+                    ByteBuffer.wrap(it).order(ByteOrder.LITTLE_ENDIAN).putFloat(4, value)
+                })
+            }
+            val man = BundleWriter.copy(lm) as JsonObject
+            man.o("tensors").o(name).map["sha256"] = sha256Hex(ts.first { it.name == name }.data)
+            case("lora-factor-$label", "values", BundleWriter.assemble(ts, man))
+        }
         val noLora = BundleWriter.copy(lm) as JsonObject
         noLora.map.remove("lora")
         case("lora-missing-entry", "manifest", BundleWriter.assemble(lt, noLora))
@@ -161,6 +192,7 @@ class VerifyErrorsTest {
 
     @Test
     fun slotDtypeShapeDigest() {
+        case("param-list", "manifest", rebuild(man = m().apply { o("tensors").o(first).map["param"] = listOf(first) }))
         case("param-unknown", "slot", rebuild(man = m().apply { o("tensors").o(first).map["param"] = "model.nope.weight" }))
         case("slot-key-changed", "slot", rebuild(man = m().apply { o("tensors").o(first).o("slot").map["key"] = "f".repeat(64) }))
         case("slot-extra-field", "slot", rebuild(man = m().apply { o("tensors").o(first).o("slot").map["offset"] = 0L }))

@@ -9,6 +9,8 @@ import dev.loragen.core.DType
 import dev.loragen.core.Json
 import dev.loragen.core.JsonObject
 import dev.loragen.core.JsonValues
+import dev.loragen.core.StreamingDecoder
+import dev.loragen.core.Tokenizer
 import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -21,7 +23,7 @@ import java.nio.LongBuffer
  * Greedy decoding with the exported past-KV inputs (`input_ids`, `attention_mask`, `position_ids`,
  * `past_key_values.{i}.key/value` -> `logits`, `present.{i}.key/value`).
  */
-class OnnxEngine(private val dir: File, private val tokenizer: ByteLevelBpeTokenizer) : ChatEngine {
+class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : ChatEngine {
     override val backend = "onnx"
     private val env = OrtEnvironment.getEnvironment()
     private var session: OrtSession? = null
@@ -63,7 +65,8 @@ class OnnxEngine(private val dir: File, private val tokenizer: ByteLevelBpeToken
     override fun generate(prompt: String, maxNewTokens: Int, onToken: (String) -> Unit): GenerationStats {
         val s = session ?: error("no model loaded")
         stopRequested = false
-        var ids = tokenizer.encode(prompt).let { p -> tokenizer.bosId?.let { intArrayOf(it) + p } ?: p }
+        var ids = tokenizer.encode(prompt) // with the post-processor's BOS, as the Python tokenizer
+        val text = StreamingDecoder(tokenizer)
         val promptTokens = ids.size
         var past = 0
         var kv: Map<String, OnnxTensor> = (0 until layers).flatMap { i ->
@@ -95,12 +98,13 @@ class OnnxEngine(private val dir: File, private val tokenizer: ByteLevelBpeToken
                 if (step == 0) { first = System.nanoTime(); t0 = first }
                 if (next == tokenizer.eosId) break
                 generated.add(next)
-                onToken(tokenizer.decode(intArrayOf(next)))
+                text.append(next).let { if (it.isNotEmpty()) onToken(it) }
                 ids = intArrayOf(next)
             }
         } finally {
             kv.values.forEach { it.close() }
         }
+        text.finish().let { if (it.isNotEmpty()) onToken(it) }
         val secs = (System.nanoTime() - t0) / 1e9
         return GenerationStats(maxOf(0, generated.size - 1), promptTokens, secs)
     }
@@ -113,12 +117,12 @@ class OnnxEngine(private val dir: File, private val tokenizer: ByteLevelBpeToken
     private fun longTensor(v: LongArray, shape: LongArray) = OnnxTensor.createTensor(env, LongBuffer.wrap(v), shape)
 
     private fun argmaxLast(logits: OnnxTensor, n: Int): Int {
-        val shape = logits.info.shape // [1, n, vocab]
+        val shape = logits.info.shape // [1, 1, vocab] (last position; [1, n, vocab] for an all-logits export)
         val vocab = shape[2].toInt()
         val fb = logits.floatBuffer // fp16 logits are converted by ORT's accessor
         var best = 0
         var bestV = Float.NEGATIVE_INFINITY
-        val base = (n - 1) * vocab
+        val base = (shape[1].toInt() - 1) * vocab
         for (j in 0 until vocab) { val x = fb.get(base + j); if (x > bestV) { bestV = x; best = j } }
         return best
     }
