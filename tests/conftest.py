@@ -123,3 +123,49 @@ def edge_artifacts(workdir):
         return cache[backend]
 
     return get
+
+
+# ------------------------------------------------------------------ shared runtime helpers
+
+def og_greedy(model_path, ids: list[int], max_new: int) -> list[int]:
+    """onnxruntime-genai's own generation loop, greedy: the new token ids (EOS included if reached)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + max_new)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    new = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        new.append(int(gen.get_next_tokens()[0]))
+    return new
+
+
+def swap_with_signed_bundle(art, model_dir, tmp_path, seed: int = 5):
+    """A random PEFT adapter -> signed merged bundle -> swapped copy of ``art`` (no re-export).
+    Returns (swapped artifact dir, the PEFT-merged eager model it must equal)."""
+    from peft import PeftModel
+
+    from loragen_mobile import lora
+    from loragen_mobile.bundle import apply_bundle, build_bundle
+    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
+    from loragen_mobile.models import load_model, target_module_names
+
+    base = load_model(model_dir, dtype=torch.float32)
+    ad = lora.random_adapter(base, target_module_names(base), r=8, alpha=16, seed=seed, std=0.15)
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    raw = build_bundle(art, ad, "merged", private_key=load_private_key(tmp_path / "k.pem"))
+    swapped = tmp_path / "swapped"
+    apply_bundle(raw, art, swapped, load_public_key(tmp_path / "k.pub"))
+    lora.save_peft_adapter(ad, tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(load_model(model_dir, dtype=torch.float32),
+                                       str(tmp_path / "adapter")).merge_and_unload().eval()
+    return swapped, merged
+
+
+def prompt_text(system, user_input: str) -> str:
+    """The training layout written out independently of the chat template (a test oracle):
+    system "\n" input "\n", the system part optional; the template adds BOS in front."""
+    return (f"{system}\n" if system else "") + f"{user_input}\n"

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from loragen_mobile.data import group_by_task, make_suite, prompt_text, read_jsonl, write_jsonl
+from conftest import prompt_text
+
+from loragen_mobile.data import group_by_task, make_suite, read_jsonl, write_jsonl
 from loragen_mobile.data.suites import RULES
 from loragen_mobile.errors import LoragenError
 

@@ -21,7 +21,7 @@ from loragen_mobile.exporters import get_exporter, read_artifact
 from loragen_mobile.exporters.common import Reference
 from loragen_mobile.models import build_model, build_tokenizer, load_model
 
-from conftest import MAX_CTX, PRESETS
+from conftest import MAX_CTX, PRESETS, og_greedy
 
 PROMPT = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111]
 N_NEW = 12
@@ -101,15 +101,8 @@ def test_onnxruntime_genai_matches_transformers(preset, artifacts, model_dirs):
     import onnxruntime_genai as og
 
     a = artifacts("onnx", preset)
+    got = og_greedy(a, PROMPT, N_NEW)
     model = og.Model(str(a))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(PROMPT) + N_NEW)
-    gen = og.Generator(model, params)
-    gen.append_tokens(PROMPT)
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
     assert got == _hf_greedy(model_dirs[preset], PROMPT, N_NEW)
     tok = og.Tokenizer(model)
     assert list(tok.encode("Hi")) == build_tokenizer()("Hi", add_special_tokens=False)["input_ids"]
@@ -466,7 +459,6 @@ def test_prefill_outputs_only_the_last_position(preset, artifacts, model_dirs):
 def test_onnx_all_logits_export(model_dirs, workdir):
     """all_logits=True: the graph returns every position; runners and onnxruntime-genai still work."""
     import onnx
-    import onnxruntime_genai as og
 
     exp = get_exporter("onnx")
     art = exp.export(model_dirs["tiny-llama"], workdir / "onnx-all-logits", max_context=MAX_CTX, progress=False,
@@ -482,15 +474,7 @@ def test_onnx_all_logits_export(model_dirs, workdir):
     rows = runner._forward(PROMPT, 0)
     assert rows.shape == want.shape and float((rows - want).abs().max()) <= 1e-4
     assert exp.validate(art.path, model_dirs["tiny-llama"]).ok
-    model = og.Model(str(art.path))
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(PROMPT) + N_NEW)
-    gen = og.Generator(model, params)
-    gen.append_tokens(PROMPT)
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got = og_greedy(art.path, PROMPT, N_NEW)
     assert got == _hf_greedy(model_dirs["tiny-llama"], PROMPT, N_NEW)
 
 

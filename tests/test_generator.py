@@ -335,7 +335,9 @@ def test_generate_batch_mode_writes_one_adapter_per_name(tmp_path, generator_run
 
 
 def test_eval_reports_accuracy_tokens_and_compression(tmp_path, generator_run):
-    from loragen_mobile.data import group_by_task, make_suite, prompt_text, write_jsonl
+    from conftest import prompt_text
+
+    from loragen_mobile.data import group_by_task, make_suite, write_jsonl
     from loragen_mobile.generator.evaluate import evaluate
 
     recs = []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import og_greedy
 
 MAX_NEW = 16
 EOS_FACTOR = 1.2
@@ -107,13 +108,8 @@ def _check_against_hf(run, model, tok) -> list[int]:
 
 @pytest.mark.parametrize("preset", ET_PRESETS)
 def test_executorch_stock_runner_base_and_swapped(preset, et_stock, tmp_path):
-    from peft import PeftModel
+    from conftest import swap_with_signed_bundle
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from loragen_mobile import lora
-    from loragen_mobile.bundle import apply_bundle, build_bundle
-    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
-    from loragen_mobile.models import target_module_names
 
     md, art = et_stock(preset)
     tok = AutoTokenizer.from_pretrained(md)
@@ -123,14 +119,7 @@ def test_executorch_stock_runner_base_and_swapped(preset, et_stock, tmp_path):
     assert _check_against_hf(_stock_et(art), base, tok) == EOS_AT[preset][0]
 
     # a random PEFT adapter -> signed merged bundle -> swapped artifact (no re-export)
-    ad = lora.random_adapter(base, target_module_names(base), r=8, alpha=16, seed=5, std=0.15)
-    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
-    raw = build_bundle(art, ad, "merged", private_key=load_private_key(tmp_path / "k.pem"))
-    swapped = tmp_path / "swapped"
-    apply_bundle(raw, art, swapped, load_public_key(tmp_path / "k.pub"))
-    lora.save_peft_adapter(ad, tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(md, dtype=torch.float32),
-                                       str(tmp_path / "adapter")).merge_and_unload().eval()
+    swapped, merged = swap_with_signed_bundle(art, md, tmp_path)
     assert _check_against_hf(_stock_et(swapped), merged, tok) == EOS_AT[preset][1]
     # the swap changed the output
     assert [_hf_greedy(merged, tok, p) for p in PROMPTS] != [_hf_greedy(base, tok, p) for p in PROMPTS]
@@ -174,14 +163,7 @@ def _og_flow(art: Path, messages: list[dict], max_new: int) -> tuple[str, list[i
     tok = og.Tokenizer(model)
     text = tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
     ids = [int(i) for i in tok.encode(text)]
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + max_new)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    new = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        new.append(int(gen.get_next_tokens()[0]))
+    new = og_greedy(art, ids, max_new)
     return text, ids, new, tok.decode(new)
 
 
@@ -219,13 +201,10 @@ def _check_og_equals_hf(art: Path, model, model_dir: Path, max_new: int = OG_MAX
 @pytest.mark.parametrize("preset", ET_PRESETS)
 def test_onnxruntime_genai_standard_flow_equals_hf(preset, artifacts, model_dirs, tmp_path):
     import onnxruntime_genai as og
-    from peft import PeftModel
+    from conftest import swap_with_signed_bundle
     from transformers import AutoTokenizer
 
-    from loragen_mobile import lora
-    from loragen_mobile.bundle import apply_bundle, build_bundle
-    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
-    from loragen_mobile.models import load_model, target_module_names
+    from loragen_mobile.models import load_model
 
     art, md = artifacts("onnx", preset), model_dirs[preset]
     base = load_model(md, dtype=torch.float32)
@@ -241,14 +220,7 @@ def test_onnxruntime_genai_standard_flow_equals_hf(preset, artifacts, model_dirs
         assert hf(text)["input_ids"][0] == 1
 
     # swapped with a signed merged bundle: og on the new directory equals the PEFT-merged model
-    ad = lora.random_adapter(base, target_module_names(base), r=8, alpha=16, seed=5, std=0.15)
-    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
-    raw = build_bundle(art, ad, "merged", private_key=load_private_key(tmp_path / "k.pem"))
-    swapped = tmp_path / "swapped"
-    apply_bundle(raw, art, swapped, load_public_key(tmp_path / "k.pub"))
-    lora.save_peft_adapter(ad, tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(load_model(md, dtype=torch.float32),
-                                       str(tmp_path / "adapter")).merge_and_unload().eval()
+    swapped, merged = swap_with_signed_bundle(art, md, tmp_path)
     swapped_new = _check_og_equals_hf(swapped, merged, md)
     assert swapped_new != base_new  # the bundle changed the answers
 

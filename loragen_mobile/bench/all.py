@@ -13,7 +13,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-ORDER = ("merge", "runtime", "bundle", "speedup", "serve")
+ORDER = ("merge", "runtime", "bundle", "speedup", "serve", "cli")
 
 
 def add_arguments(p):
@@ -113,6 +113,13 @@ def _render_serve(r):
          for c, lv in r["levels"].items() for name, s in lv.items()])
 
 
+def _render_cli(r):
+    return [f"medians of {r['repeats']} runs after a warm-up; stderr and the heavy modules imported", ""] + _table(
+        ["command", "wall time", "stderr", "heavy imports"],
+        [[f"`{k}`", f"{c['median_s'] * 1e3:.0f} ms", f"{c['stderr_bytes']} bytes",
+          ", ".join(c["heavy_imports"] or []) or "none"] for k, c in r["commands"].items()])
+
+
 def _render_json(r):
     import json
 
@@ -120,4 +127,4 @@ def _render_json(r):
 
 
 RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "speedup": _render_speedup,
-          "serve": _render_serve}
+          "serve": _render_serve, "cli": _render_cli}

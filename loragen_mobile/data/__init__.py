@@ -20,18 +20,6 @@ from ..errors import LoragenError
 REQUIRED = ("task_id", "system", "input", "target")
 OPTIONAL = ("choices", "answer", "suite", "split")
 
-# Prompt layout (byte tokens): [BOS] system "\n" input "\n" -> target [EOS]. Without the system
-# prompt: [BOS] input "\n" -> target [EOS].
-SYSTEM_SEP = "\n"
-INPUT_SEP = "\n"
-
-
-def prompt_text(system: str | None, user_input: str) -> str:
-    """The text the edge model reads before it answers (the system prompt is optional)."""
-    head = f"{system}{SYSTEM_SEP}" if system else ""
-    return f"{head}{user_input}{INPUT_SEP}"
-
-
 def validate_record(rec, where: str = "record") -> dict:
     if not isinstance(rec, dict):
         raise LoragenError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -118,7 +106,7 @@ def group_by_task(records: list[dict]) -> "OrderedDict[str, list[dict]]":
 
 from .suites import SUITES, make_suite  # noqa: E402
 
-__all__ = ["REQUIRED", "OPTIONAL", "prompt_text", "validate_record", "read_jsonl", "write_jsonl",
+__all__ = ["REQUIRED", "OPTIONAL", "validate_record", "read_jsonl", "write_jsonl",
            "group_by_task", "SUITES", "make_suite", "make_records_file"]
 
 
