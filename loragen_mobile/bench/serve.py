@@ -4,8 +4,8 @@ Starts the service (real uvicorn on 127.0.0.1, a free port, API keys on) in this
 tiny generator (trained here for a few steps on the tiny-llama preset, or --generator RUN) and an
 ONNX artifact (exported here from the generator's edge model, or --artifact DIR), then drives a
 bounded load from a second process (`python -m loragen_mobile.bench.serve --load ...`). Three
-scenarios at each concurrency: "new" (POST a task never asked before: a generation, micro-batched
-with the requests in flight), "cached" (POST a task already in the store) and "download" (GET the
+scenarios at each concurrency: "new" (POST a task never asked before: a generation, one generator
+forward per task description so the bytes are reproducible), "cached" (POST a task already in the store) and "download" (GET the
 bundle). Every request must succeed; the run fails after writing the JSON otherwise. Writes JSON
 and a PNG.
 """
