@@ -94,11 +94,7 @@ def _make_parents(out: Path) -> list[Path]:
 
 def remove_empty_dirs(dirs: list[Path]) -> None:
     """Remove the given directories (deepest first) while they are empty."""
-    _remove_empty(dirs)
-
-
-def _remove_empty(dirs: list[Path]) -> None:
-    for d in dirs:  # deepest first
+    for d in dirs:
         try:
             d.rmdir()
         except OSError:
@@ -118,14 +114,14 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
         clean_stale_temporaries(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
     except BaseException:
-        _remove_empty(created)
+        remove_empty_dirs(created)
         raise
     try:
         yield tmp
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_dirs(created)
         raise
 
 
@@ -143,7 +139,7 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         fd, name = tempfile.mkstemp(prefix=_tmp_prefix(out), dir=out.parent)
         os.close(fd)
     except BaseException:
-        _remove_empty(created)
+        remove_empty_dirs(created)
         raise
     tmp = Path(name)
     try:
@@ -151,7 +147,7 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
-        _remove_empty(created)
+        remove_empty_dirs(created)
         raise
 
 
