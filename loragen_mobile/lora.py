@@ -29,6 +29,14 @@ PEFT_PREFIX = "base_model.model."
 MAX_ABS_WEIGHT = 65504.0
 
 
+def check_rank_alpha(r, alpha, where: str) -> None:
+    """``r`` a positive JSON/Python integer (not a bool) and ``alpha`` a finite number; code ``adapter``."""
+    if (isinstance(r, bool) or not isinstance(r, int) or r < 1 or isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)):
+        raise LoragenError(f"{where}: 'r' must be a positive integer and 'lora_alpha' a finite number "
+                           f"(got r={r!r}, lora_alpha={alpha!r})", code="adapter")
+
+
 @dataclass
 class LoraAdapter:
     """Per-module LoRA factors with one rank and one alpha (scale = alpha / r)."""
@@ -48,10 +56,7 @@ class LoraAdapter:
         return sorted({name.split(".")[-1] for name in self.factors})
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise LoragenError(f"LoRA rank r must be a positive integer, got {self.r!r}", code="adapter")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise LoragenError(f"LoRA alpha must be a finite number, got {self.alpha!r}", code="adapter")
+        check_rank_alpha(self.r, self.alpha, "LoRA adapter")
         for name, (a, b) in self.factors.items():
             if not (a.dtype.is_floating_point and b.dtype.is_floating_point):
                 raise LoragenError(f"LoRA factors of {name} must be floating point, got A {a.dtype}, B {b.dtype}",
@@ -126,10 +131,7 @@ def load_peft_adapter(path: str | os.PathLike) -> LoraAdapter:
     if cfg.get("use_rslora") or cfg.get("use_dora") or cfg.get("fan_in_fan_out"):
         raise LoragenError(f"{cfg_path}: rsLoRA, DoRA and fan_in_fan_out adapters are not supported")
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if (isinstance(r, bool) or not isinstance(r, int) or r < 1 or isinstance(alpha, bool)
-            or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)):
-        raise LoragenError(f"{cfg_path}: 'r' must be a positive integer and 'lora_alpha' a finite number "
-                           f"(got r={r!r}, lora_alpha={alpha!r})", code="adapter")
+    check_rank_alpha(r, alpha, str(cfg_path))
     alpha = float(alpha)
     try:
         tensors = load_file(str(w_path))
