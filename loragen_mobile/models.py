@@ -1,42 +1,39 @@
 """Edge and cloud models: built-in presets and loading of local Hugging Face directories.
 
-No weights can be downloaded, so every preset is built from transformers' own config classes
-(``LlamaConfig`` for TinyLlama-1.1B's family, ``GemmaConfig`` for Gemma-2B's) and saved as a
+The supported families and their presets are data, one module each in
+:mod:`loragen_mobile.families`. No weights can be downloaded, so every preset is built from
+transformers' own config classes (``LlamaConfig``, ``GemmaConfig``, ``Qwen3Config``, ...) and saved as a
 standard, self-contained Hugging Face directory (config, safetensors weights, tokenizer) that
 plain ``AutoModelForCausalLM.from_pretrained(dir)`` loads.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
+import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    GemmaConfig,
-    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
+from . import families
 from .errors import LoragenError
+from .families import BYTE_VOCAB_SIZE, Preset
 from .fsutil import atomic_dir, read_json_object
 
-SUPPORTED_MODEL_TYPES = ("gemma", "llama")
+SUPPORTED_MODEL_TYPES = families.supported_model_types()
 
 # The paper puts LoRA on the FFN of every edge layer; attention projections are allowed too.
-DEFAULT_TARGET_MODULES = ("gate_proj", "up_proj", "down_proj")
-KNOWN_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGET_MODULES = families.FFN_PROJECTIONS
+KNOWN_TARGET_MODULES = families.ATTENTION_PROJECTIONS + families.FFN_PROJECTIONS
 
-# Byte-level tokenizer: 4 special tokens, then the 256 byte symbols.
+# Byte-level tokenizer: 4 special tokens, then the 256 byte symbols (BYTE_VOCAB_SIZE in all).
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-BYTE_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 # The prompt contract of every edge model the presets make (docs/exporters.md, "Prompt contract"):
 # [BOS] system "\n" input "\n" -> target [EOS], the system message optional. It is written once, as
@@ -51,76 +48,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def _tiny_llama() -> LlamaConfig:
-    # TinyLlama-1.1B's structure at toy size: GQA (4 query heads per KV head), SiLU gated FFN,
-    # untied embeddings, RMSNorm, RoPE.
-    return LlamaConfig(
-        vocab_size=BYTE_VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=16, hidden_act="silu",
-        max_position_embeddings=1024, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, initializer_range=0.02,
-    )
-
-
-def _tiny_gemma() -> GemmaConfig:
-    # Gemma-2B's structure at toy size: multi-query attention (1 KV head), head_dim (48) not equal
-    # to hidden/heads (32), gelu_pytorch_tanh gated FFN, tied embeddings, Gemma RMSNorm (1 + w)
-    # and sqrt(hidden) embedding scaling (both built into transformers' Gemma modules).
-    return GemmaConfig(
-        vocab_size=BYTE_VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=48,
-        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=1024, rms_norm_eps=1e-6,
-        rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.02,
-    )
-
-
-def _tiny_cloud() -> LlamaConfig:
-    # The cloud-side generator backbone at toy size: Llama architecture, larger than the edge presets.
-    return LlamaConfig(
-        vocab_size=BYTE_VOCAB_SIZE, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=2, head_dim=32, hidden_act="silu",
-        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, initializer_range=0.02,
-    )
-
-
-def _tinyllama_1_1b() -> LlamaConfig:
-    # TinyLlama/TinyLlama-1.1B-Chat-v1.0 shapes (random weights).
-    return LlamaConfig(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-        num_attention_heads=32, num_key_value_heads=4, head_dim=64, hidden_act="silu",
-        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, initializer_range=0.02,
-    )
-
-
-def _gemma_2b() -> GemmaConfig:
-    # google/gemma-2b shapes (random weights).
-    return GemmaConfig(
-        vocab_size=256000, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
-        num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
-        rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.02,
-    )
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    make_config: Callable[[], PretrainedConfig]
-    description: str
-
-
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("tiny-llama", _tiny_llama, "TinyLlama-1.1B structure at toy size (GQA, SiLU, untied)"),
-        Preset("tiny-gemma", _tiny_gemma, "Gemma-2B structure at toy size (MQA, head_dim 48, GeLU-tanh, tied)"),
-        Preset("tiny-cloud", _tiny_cloud, "cloud-side generator backbone at toy size (Llama)"),
-        Preset("tinyllama-1.1b", _tinyllama_1_1b, "TinyLlama-1.1B published shapes, random weights"),
-        Preset("gemma-2b", _gemma_2b, "Gemma-2B published shapes, random weights"),
-    )
-}
+#: Every family's presets by name (tiny ones for tests, published shapes with random weights).
+PRESETS: dict[str, Preset] = families.presets()
 
 
 def preset_config(name: str) -> PretrainedConfig:
@@ -182,10 +111,35 @@ def init_model_dir(preset: str, out: str | os.PathLike, seed: int = 0,
     return Path(out)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A model given as a local directory or as a Hugging Face id (``org/name``).
+
+    An id is looked up in the local Hugging Face cache only (``HF_HUB_CACHE`` / ``HF_HOME``, the
+    snapshot that ``refs/main`` names); nothing is downloaded. A path that exists is always taken as
+    a path, so ``./org/name`` reaches a local directory of that name.
+    """
+    d = Path(model)
+    if d.exists() or not _HUB_ID.match(str(model)):
+        if not d.is_dir():
+            raise LoragenError(f"model directory {d} does not exist", code="not-found")
+        return d
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        raise LoragenError(
+            f"model '{model}' is neither a directory nor in the local Hugging Face cache ({HF_HUB_CACHE}); "
+            f"download it first with: hf download {model}", code="not-found") from None
+
+
 def read_config(model_dir: str | os.PathLike) -> dict:
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise LoragenError(f"model directory {d} does not exist")
+    d = resolve_model_dir(model_dir)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise LoragenError(f"{d} is not a Hugging Face model directory: {cfg_path} is missing")
@@ -193,13 +147,16 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise LoragenError(
-            f"unsupported model_type '{mt}' in {cfg_path}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+            f"unsupported model_type '{mt}' in {cfg_path}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            code="model")
+    families.get_family(mt).check_config(cfg)
     return cfg
 
 
 def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a local HF directory (llama or gemma); never touches a hub."""
+    """Load a local HF directory or a Hugging Face id from the local cache (any supported family);
+    never downloads."""
+    model_dir = resolve_model_dir(model_dir)
     read_config(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -215,6 +172,7 @@ def load_tokenizer(model_dir: str | os.PathLike):
     was recorded) gets :data:`CHAT_TEMPLATE`, the layout every preset model is trained with."""
     from transformers import AutoTokenizer
 
+    model_dir = resolve_model_dir(model_dir)
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as e:
@@ -243,13 +201,9 @@ def parse_targets(spec: str | None) -> tuple[str, ...]:
 
 
 def config_hash(config: PretrainedConfig | dict) -> str:
-    """sha256 of the architecture-defining config fields (stable across save/load)."""
-    d = config if isinstance(config, dict) else config.to_dict()
-    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
-            "hidden_activation", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
-    stable = {k: d.get(k) for k in keys}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
+    """sha256 of the architecture-defining config fields (stable across save/load; see
+    :meth:`loragen_mobile.families.Family.identity`)."""
+    return families.config_hash(config)
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -70,7 +70,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(LoragenError, match="config.json is missing"):
         models.load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(LoragenError, match="unsupported model_type 'gpt2'.*supported: gemma, llama"):
+    with pytest.raises(LoragenError, match="unsupported model_type 'gpt2'.*supported: llama, gemma, gemma2, gemma3_text, qwen2, qwen3"):
         models.load_model(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(LoragenError, match="not valid JSON"):

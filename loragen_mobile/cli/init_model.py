@@ -11,7 +11,8 @@ EXAMPLES = """
 
 # the names of loragen_mobile.models.PRESETS (importing that module loads torch; a test keeps
 # this list equal to it)
-PRESET_NAMES = ("tiny-llama", "tiny-gemma", "tiny-cloud", "tinyllama-1.1b", "gemma-2b")
+PRESET_NAMES = ("tiny-llama", "tiny-llama3", "tiny-cloud", "tinyllama-1.1b", "llama-3.2-1b", "tiny-gemma", "gemma-2b",
+                "tiny-gemma2", "tiny-gemma3", "gemma-3-1b", "tiny-qwen2", "qwen2.5-0.5b", "tiny-qwen3", "qwen3-0.6b")
 
 
 def register(sub):
