@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import from_mapping, load_section
 from .data import read_jsonl
 from .errors import LoragenError
 from .fsutil import atomic_dir, refuse_existing
@@ -33,22 +33,8 @@ class EdgeTrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: dict | None = None) -> "EdgeTrainConfig":
-        d: dict = {}
-        if path is not None:
-            import yaml
-
-            p = Path(path)
-            if not p.is_file():
-                raise LoragenError(f"config file {p} does not exist")
-            doc = yaml.safe_load(p.read_text()) or {}
-            if not isinstance(doc, dict):
-                raise LoragenError(f"{p} must hold a mapping")
-            d = dict(doc.get("edge", {}))
-        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise LoragenError(f"unknown edge training setting(s): {', '.join(unknown)}")
-        return cls(**d)
+        """The ``edge:`` section of a YAML config, with ``overrides`` (``None`` = not given) on top."""
+        return from_mapping(cls, load_section(path, "edge"), f"{path}: edge" if path else "edge config", overrides)
 
 
 def length_batches(lengths: list[int], tokens_per_step: int, rng: random.Random) -> list[list[int]]:

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from . import families
+from . import dtypes, families
 from .errors import LoragenError
 from .families import BYTE_VOCAB_SIZE, Preset
 from .fsutil import atomic_dir, read_json_object
@@ -207,8 +207,5 @@ def config_hash(config: PretrainedConfig | dict) -> str:
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if name not in table:
-        raise LoragenError(f"unknown dtype '{name}'; use one of fp32, fp16, bf16")
-    return table[name]
+    """fp32, fp16 or bf16 (see :mod:`loragen_mobile.dtypes`)."""
+    return dtypes.parse_precision(name)

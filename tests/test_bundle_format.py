@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from loragen_mobile import dtypes
 from loragen_mobile.bundle import core
 from loragen_mobile.bundle import format as fmt
 from loragen_mobile.bundle.format import BundleError
@@ -65,7 +66,7 @@ def test_golden_verdicts(name):
     assert new.keys() == want.keys() == e["swap_plan"].keys()
     for p, t in new.items():
         assert torch.equal(t, want[p]), p
-        assert core.tensor_sha256(t) == e["swap_plan"][p]["sha256"]
+        assert dtypes.tensor_sha256(t) == e["swap_plan"][p]["sha256"]
 
 
 @pytest.mark.parametrize("backend", ["executorch", "onnx", "coreml"])
@@ -153,11 +154,11 @@ def test_semantic_errors_of_signed_bundles():
 
     def wrong_shape(t, m):
         t[p0] = t[p0][:8].clone()
-        m["tensors"][p0].update(shape=[8, 8], sha256=core.tensor_sha256(t[p0]))
+        m["tensors"][p0].update(shape=[8, 8], sha256=dtypes.tensor_sha256(t[p0]))
 
     def wrong_dtype(t, m):
         t[p0] = t[p0].half()
-        m["tensors"][p0].update(dtype="F16", sha256=core.tensor_sha256(t[p0]))
+        m["tensors"][p0].update(dtype="F16", sha256=dtypes.tensor_sha256(t[p0]))
 
     def wrong_digest(t, m):
         t[p0] = t[p0] + 1
@@ -298,10 +299,10 @@ def test_out_of_bound_tensor_values_are_refused_at_verify(kind, value):
     name = sorted(tensors)[1]
     tensors[name] = tensors[name].clone()
     tensors[name][0, 1] = value
-    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    manifest["tensors"][name]["sha256"] = dtypes.tensor_sha256(tensors[name])
     assert _code(fmt.serialize(tensors, manifest, KEY)) == "values"
     tensors[name][0, 1] = 65504.0  # the bound itself is allowed
-    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    manifest["tensors"][name]["sha256"] = dtypes.tensor_sha256(tensors[name])
     core.verify(fmt.serialize(tensors, manifest, KEY), _art("executorch"), PUB)
 
 
@@ -370,7 +371,7 @@ def test_signature_rule():
     manifest = json.loads(json.dumps(pb.manifest))
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] * 2
-    manifest["tensors"][name]["sha256"] = core.tensor_sha256(tensors[name])
+    manifest["tensors"][name]["sha256"] = dtypes.tensor_sha256(tensors[name])
     forged = bytearray(fmt.serialize(tensors, manifest))
     at = forged.index(fmt.UNSIGNED.encode(), 8)
     forged[at:at + 128] = pb.signature_hex.encode()

@@ -257,7 +257,7 @@ def test_cli_signature_rule_bounds_and_determinism(artifacts, model_dirs, keys, 
     manifest = json.loads(json.dumps(pb.manifest))
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] * 3
-    from loragen_mobile.bundle.core import tensor_sha256
+    from loragen_mobile.dtypes import tensor_sha256
 
     manifest["tensors"][name]["sha256"] = tensor_sha256(tensors[name])
     forged = bytearray(fmt.serialize(tensors, manifest))

@@ -10,6 +10,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..fsutil import atomic_file
+
+# benchmark name -> module under loragen_mobile.bench exposing add_arguments(parser) and run(args) -> dict
+BENCHES = {
+    "merge": "merge",
+    "runtime": "runtime",
+    "bundle": "bundle",
+    "speedup": "speedup",
+    "serve": "serve",
+    "cli": "cli",
+    "all": "all",
+}
+
 
 def machine_info() -> dict:
     import torch
@@ -37,8 +50,6 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
 
 
 def write_json(result: dict, out: str | os.PathLike) -> Path:
-    from ..fsutil import atomic_file
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out, overwrite=True) as tmp:

@@ -13,6 +13,8 @@ import argparse
 import importlib
 from pathlib import Path
 
+from . import BENCHES
+
 ORDER = ("merge", "runtime", "bundle", "speedup", "serve", "cli")
 
 
@@ -23,8 +25,6 @@ def add_arguments(p):
 
 
 def _available() -> dict[str, str]:
-    from ..cli.bench import BENCHES
-
     return {k: v for k, v in BENCHES.items() if k in ORDER}
 
 

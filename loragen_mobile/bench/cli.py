@@ -7,10 +7,14 @@ on stderr and import (help must be instant: no torch, transformers or executorch
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import sys
 import time
+
+from ..errors import LoragenError
+from . import machine_info, write_json
 
 HEAVY = ("torch", "transformers", "executorch", "onnxruntime", "coremltools")
 
@@ -42,15 +46,19 @@ def _time(argv: list[str], repeats: int) -> dict:
             "returncode": r.returncode, "stderr_bytes": len(stderr)}
 
 
+def cli_verbs(exe: list[str]) -> list[str]:
+    """The verbs ``loragen --help`` lists (read from the help text, as a user sees them)."""
+    out = subprocess.run(exe + ["--help"], capture_output=True, text=True, check=True).stdout
+    section = out.split("\nverbs:\n", 1)[1]
+    return re.findall(r"^    ([a-z][a-z-]*)", section, flags=re.M)
+
+
 def run(args) -> dict:
-    from ..cli import VERBS
-    from ..errors import LoragenError
-    from . import machine_info, write_json
 
     if args.repeats < 1:
         raise LoragenError("--repeats must be at least 1", code="usage")
     exe = [sys.executable, "-m", "loragen_mobile"]
-    commands = [["--help"]] + [[v.replace("_", "-"), "--help"] for v in VERBS]
+    commands = [["--help"]] + [[v, "--help"] for v in cli_verbs(exe)]
     rows = {}
     for cmd in commands:
         key = "loragen " + " ".join(cmd)

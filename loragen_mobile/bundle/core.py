@@ -13,24 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import dtypes
 from ..errors import LoragenError
 from ..lora import LoraAdapter, merged_tensors
 from . import format as fmt
 from .format import BundleError
 
-_TORCH_TO_ST = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
-                torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
-_ST_TO_TORCH = {v: k for k, v in _TORCH_TO_ST.items()}
-_NAMES = {"float32": "F32", "fp32": "F32", "float16": "F16", "fp16": "F16", "bfloat16": "BF16", "bf16": "BF16",
-          "int8": "I8", "uint8": "U8", "int32": "I32", "int64": "I64"}
-
-
 def st_dtype(d) -> str:
     """safetensors dtype code for a torch dtype or a dtype name used in artifact.json."""
-    if isinstance(d, torch.dtype):
-        return _TORCH_TO_ST[d]
-    s = str(d).replace("torch.", "")
-    return _NAMES.get(s.lower(), s.upper())
+    return dtypes.lookup(d).st
 
 
 def slots_by_param(artifact: dict) -> dict[str, dict]:
@@ -53,13 +44,6 @@ def _locator(slot: dict) -> dict:
 
 def module_of(param: str) -> str:
     return param[: -len(".weight")] if param.endswith(".weight") else param
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
 def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch.Tensor] | None = None,
@@ -100,11 +84,11 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
                 raise BundleError(f"tensor {p} is {st_dtype(t.dtype)} {list(t.shape)}, slot wants {want} {slot['shape']}", code="build")
             tensors[p] = t.contiguous()
             entries[p] = {"param": p, "slot": _locator(slot), "dtype": want, "shape": list(t.shape),
-                          "sha256": tensor_sha256(t)}
+                          "sha256": dtypes.tensor_sha256(t)}
     else:
         for m, (a, b) in sorted(adapter.factors.items()):
             slot = slots[f"{m}.weight"]
-            dt = _ST_TO_TORCH[st_dtype(slot["dtype"])]
+            dt = dtypes.lookup(slot["dtype"]).torch
             if not dt.is_floating_point:
                 raise BundleError(f"lora bundles need a floating-point artifact; slot {m}.weight is {slot['dtype']} (use kind merged)", code="build")
             for which, t in (("lora_A", a), ("lora_B", b)):
@@ -112,7 +96,7 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
                 name = f"{m}.{which}"
                 tensors[name] = t
                 entries[name] = {"param": f"{m}.weight", "slot": _locator(slot), "dtype": st_dtype(dt),
-                                 "shape": list(t.shape), "sha256": tensor_sha256(t)}
+                                 "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t)}
     manifest = {
         "format": fmt.FORMAT,
         "format_version": fmt.FORMAT_VERSION,
@@ -130,7 +114,7 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     if include_task and task is not None:
         manifest["task"] = task
     for name, t in tensors.items():
-        why = fmt.value_violation(fmt._tensor_raw(t), entries[name]["dtype"])
+        why = fmt.value_violation(dtypes.tensor_bytes(t), entries[name]["dtype"])
         if why:
             raise BundleError(f"tensor {name} has {why}; refusing to build the bundle", code="values")
     if private_key is not None:

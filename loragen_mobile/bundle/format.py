@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import dtypes
 from ..errors import LoragenError
 
 FORMAT = "loragen-bundle"
@@ -44,13 +45,6 @@ MAX_INT_DIGITS = 4300
 MAX_ABS_VALUE = 65504.0
 MAX_LORA_SCALE = 1024.0
 MAX_LORA_RANK = 65536
-
-# safetensors dtype -> (numpy dtype, bytes per element)
-DTYPES = {
-    "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2), "I8": (np.int8, 1),
-    "U8": (np.uint8, 1), "I32": (np.int32, 4), "I64": (np.int64, 8),
-}
-
 
 class BundleError(LoragenError):
     """A bundle that is malformed, tampered with, or does not fit the artifact.
@@ -98,15 +92,8 @@ class ParsedBundle:
 
     def tensor(self, name: str):
         """The tensor as a torch tensor (a copy)."""
-        import torch
-
         e = self.tensors[name]
-        buf = bytearray(self.tensor_bytes(name))
-        if e.dtype == "BF16":
-            t = torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16) if buf else torch.empty(0, dtype=torch.bfloat16)
-        else:
-            t = torch.from_numpy(np.frombuffer(buf, dtype=DTYPES[e.dtype][0]).copy())
-        return t.reshape(e.shape)
+        return dtypes.from_bytes(self.tensor_bytes(name), e.dtype, e.shape)
 
 
 def _no_duplicates(pairs):
@@ -194,7 +181,7 @@ def parse(raw: bytes) -> ParsedBundle:
         if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
             raise BundleError(f"tensor '{name}' has a malformed header entry", code="tensor_header")
         dtype, shape, offs = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        if not isinstance(dtype, str) or not dtypes.is_known(dtype) or dtype != dtypes.lookup(dtype).st:
             raise BundleError(f"tensor '{name}' has unsupported dtype {dtype!r}", code="tensor_header")
         if (not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
                 or not isinstance(offs, list) or len(offs) != 2
@@ -204,7 +191,7 @@ def parse(raw: bytes) -> ParsedBundle:
         count = 1
         for s in shape:
             count *= s
-        if not 0 <= begin <= end <= data_len or end - begin != count * DTYPES[dtype][1]:
+        if not 0 <= begin <= end <= data_len or end - begin != count * dtypes.lookup(dtype).itemsize:
             raise BundleError(f"tensor '{name}' data_offsets {offs} do not fit its shape {shape} {dtype} "
                               f"or the {data_len}-byte data section", code="data_offsets")
         entries.append(TensorEntry(name, dtype, tuple(shape), begin, end))
@@ -234,13 +221,6 @@ def signing_digest(pb: ParsedBundle) -> bytes:
     return h.digest()
 
 
-def _tensor_raw(t) -> bytes:
-    import torch
-
-    t = t.detach().contiguous().cpu()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
 def serialize(tensors: dict, manifest: dict, private_key=None) -> bytes:
     """Write a bundle (tensors: name -> torch tensor), then sign it in place.
 
@@ -250,15 +230,13 @@ def serialize(tensors: dict, manifest: dict, private_key=None) -> bytes:
     it: tensors ordered by element size (largest first) then name, header JSON padded with spaces
     to a multiple of 8 bytes. Any safetensors reader loads the result.
     """
-    from .core import st_dtype
-
     meta = {MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":")), SIG_KEY: UNSIGNED}
     order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
     header: dict = {"__metadata__": dict(sorted(meta.items()))}
     chunks, pos = [], 0
     for n in order:
-        raw = _tensor_raw(tensors[n])
-        header[n] = {"dtype": st_dtype(tensors[n].dtype), "shape": list(tensors[n].shape),
+        raw = dtypes.tensor_bytes(tensors[n])
+        header[n] = {"dtype": dtypes.lookup(tensors[n].dtype).st, "shape": list(tensors[n].shape),
                      "data_offsets": [pos, pos + len(raw)]}
         chunks.append(raw)
         pos += len(raw)

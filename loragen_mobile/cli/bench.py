@@ -3,18 +3,8 @@
 import argparse
 import importlib
 
+from ..bench import BENCHES
 from . import add_verb
-
-# benchmark name -> module under loragen_mobile.bench exposing add_arguments(parser) and run(args) -> dict
-BENCHES = {
-    "merge": "merge",
-    "runtime": "runtime",
-    "bundle": "bundle",
-    "speedup": "speedup",
-    "serve": "serve",
-    "cli": "cli",
-    "all": "all",
-}
 
 EXAMPLES = """
   loragen bench merge --out bench-out/merge.json

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import from_mapping
 from ..errors import LoragenError
 
 
@@ -66,13 +67,8 @@ class GeneratorConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise LoragenError(f"unknown generator config key(s): {', '.join(unknown)}")
-        cfg = cls(**d)
-        cfg.betas = tuple(cfg.betas)
+    def from_dict(cls, d: dict, what: str = "generator config", overrides: dict | None = None) -> "GeneratorConfig":
+        cfg = from_mapping(cls, d, what, overrides)
         cfg.check()
         return cfg
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import load_section
 from ..data import group_by_task, read_jsonl
 from ..errors import LoragenError
 from ..training import (Dist, lm_example, load_checkpoint, pad_lm_batch, param_groups, rng_state,
@@ -27,25 +28,11 @@ from .store import CHECKPOINT, LOG, build_generator, write_generator
 
 
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> GeneratorConfig:
-    import yaml
-
-    d: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise LoragenError(f"config file {p} does not exist")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise LoragenError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(d, dict):
-            raise LoragenError(f"{p} must hold a mapping of generator settings")
-        d = d.get("generator", d)
-    d.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return GeneratorConfig.from_dict(d)
-    except TypeError as e:
-        raise LoragenError(f"bad generator config: {e}") from None
+    """The ``generator:`` section of a YAML config (a file without sections is the section itself),
+    with ``overrides`` (command-line options; ``None`` = not given) on top."""
+    d = load_section(path, "generator", whole_if_missing=True)
+    return GeneratorConfig.from_dict(d, what=f"{path}: generator" if path else "generator config",
+                                     overrides=overrides)
 
 
 class TaskData:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import save
 
+from loragen_mobile import dtypes
 from loragen_mobile.bundle import core
 from loragen_mobile.bundle import format as fmt
 from loragen_mobile.lora import LoraAdapter
@@ -168,7 +169,7 @@ def generate(out: Path) -> None:
                              "fp32 summation order: (r+2) * 2^-24 * (|W| + |scale| * |B| @ |A|)"
                              if art["precision"] == "fp32" else "fp16 rounding of the factors"),
                          swap_plan={p: {**core._locator(core.slots_by_param(art)[p]),
-                                        "sha256": core.tensor_sha256(t)} for p, t in sorted(new.items())})
+                                        "sha256": dtypes.tensor_sha256(t)} for p, t in sorted(new.items())})
             if vb.kind == "lora":
                 entry["lora"] = vb.manifest["lora"]
             (out / entry["expected"]).write_bytes(save(dict(sorted(new.items()))))
