@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import models
 from .config import from_mapping, load_section
 from .data import read_jsonl
 from .errors import LoragenError
@@ -60,8 +61,6 @@ def length_batches(lengths: list[int], tokens_per_step: int, rng: random.Random)
 def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
                cfg: EdgeTrainConfig, progress: bool = True) -> dict:
     """Fine-tune all weights of the edge model in ``model_dir`` on prompt+input -> target; write ``out``."""
-    from . import models
-
     out = refuse_existing(out)
     records = read_jsonl(data)
     model = models.load_model(model_dir, dtype=torch.float32)

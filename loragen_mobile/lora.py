@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import LoragenError
-from .fsutil import atomic_dir, read_json_object
+from .fsutil import atomic_dir, read_json_object, refuse_existing
+from .models import load_model, load_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -241,9 +242,6 @@ def merge_into_model(model: torch.nn.Module, adapter: LoraAdapter) -> torch.nn.M
 
 def merge_dir(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """``loragen merge``: base HF directory + PEFT adapter -> new merged HF directory (atomic)."""
-    from .fsutil import refuse_existing
-    from .models import load_model, load_tokenizer
-
     refuse_existing(out)
     model = load_model(model_dir)
     adapter = load_peft_adapter(adapter_dir)

@@ -17,7 +17,18 @@ import statistics
 import time
 from pathlib import Path
 
+from . import models
+from .bundle import (apply_bundle, build_bundle, bundle_swap, open_runner_with_bundle, verify_bundle,
+    write_bundle)
+from .bundle.keys import generate_keypair, load_private_key, load_public_key
+from .data import group_by_task, make_records_file, read_jsonl
+from .edge_training import EdgeTrainConfig, train_edge
 from .errors import LoragenError
+from .exporters import get_exporter
+from .generator import generate_adapter, load_config, load_generator, train
+from .generator.evaluate import evaluate
+from .lora import save_peft_adapter
+from .training import lm_example
 
 ASSETS = Path(__file__).parent / "assets"
 SUITES = ("reasoning", "tools")
@@ -32,9 +43,6 @@ def _stage(bar, text):
 
 def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, progress: bool = True) -> dict:
     from tqdm import tqdm
-
-    from . import models
-    from .data import make_records_file
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -60,9 +68,6 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
             raise LoragenError(f"the shipped checkpoints are missing from {ASSETS}; run without --fast")
         report["checkpoints"] = "shipped (loragen_mobile/assets)"
     else:
-        from .edge_training import EdgeTrainConfig, train_edge
-        from .generator import load_config, train
-
         config = Path(__file__).parent.parent / "configs" / "tiny.yaml"
         if not config.is_file():
             raise LoragenError(f"{config} is missing: run the quickstart from a checkout (pip install -e .)")
@@ -79,9 +84,6 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
     bar.update()
 
     _stage(bar, "evaluate")
-    from .generator import generate_adapter, load_generator
-    from .generator.evaluate import evaluate
-
     g = load_generator(run_dir, edge_dir=edge_dir)
     ev = evaluate(g, data["unseen"], methods=("edge_prompt", "edge_no_prompt", "loragen"), progress=False)
     report["generator_id"] = g.generator_id
@@ -94,8 +96,6 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
     bar.update()
 
     _stage(bar, "export")
-    from .exporters import get_exporter
-
     arts = {}
     for b in BACKENDS:
         arts[b] = out / "artifacts" / b
@@ -104,11 +104,6 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
     bar.update()
 
     _stage(bar, "bundles")
-    from .bundle import build_bundle, write_bundle
-    from .bundle.keys import generate_keypair, load_private_key, load_public_key
-    from .data import group_by_task, read_jsonl
-    from .lora import save_peft_adapter
-
     generate_keypair(out / "keys" / "server.pem", out / "keys" / "server.pub")
     key, pub = load_private_key(out / "keys" / "server.pem"), load_public_key(out / "keys" / "server.pub")
     unseen = read_jsonl(data["unseen"])
@@ -128,9 +123,6 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
     bar.update()
 
     _stage(bar, "swap + run")
-    from .bundle import apply_bundle, bundle_swap, open_runner_with_bundle, verify_bundle
-    from .training import lm_example
-
     tok = models.load_tokenizer(edge_dir)
     runs = {}
     for s in SUITES:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import LoragenError
+from ..fsutil import atomic_file
 
 REQUIRED = ("task_id", "system", "input", "target")
 OPTIONAL = ("choices", "answer", "suite", "split")
@@ -83,8 +84,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def write_jsonl(records: Iterable[dict], out: str | os.PathLike, overwrite: bool = False) -> Path:
-    from ..fsutil import atomic_file
-
     records = [validate_record(r) for r in records]
     with atomic_file(out, overwrite=overwrite) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -23,6 +23,8 @@ import torch
 
 from ..data import group_by_task, read_jsonl
 from ..errors import LoragenError
+from ..fsutil import atomic_file
+from ..lora import LoraAdapter, merged_tensors
 from ..training import left_pad, lm_example, pad_lm_batch, token_ce_sum
 from .model import batched_lora
 from .store import Generator, generate_factors, load_generator
@@ -40,8 +42,6 @@ class _Swapper:
 
     def apply(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Merge scale-1 factors (module name -> (A, B)) with the project's one merge."""
-        from ..lora import LoraAdapter, merged_tensors
-
         self.restore()
         rank = next(iter(factors.values()))[0].shape[0]
         merged = merged_tensors({k: p.detach() for k, p in self.params.items()},
@@ -205,8 +205,6 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, out: str | os.PathLike) -> Path:
-    from ..fsutil import atomic_file
-
     with atomic_file(out, overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     return Path(out)

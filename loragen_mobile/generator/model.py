@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import from_mapping
 from ..errors import LoragenError
+from ..models import target_module_names
 
 
 @dataclass
@@ -181,8 +182,6 @@ class EdgeLayout:
 
     @classmethod
     def of(cls, edge: nn.Module, targets) -> "EdgeLayout":
-        from ..models import target_module_names
-
         mods = dict(edge.named_modules())
         shapes: dict[str, tuple[int, int]] = {}
         names: dict[str, str] = {}

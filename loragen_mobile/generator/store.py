@@ -19,9 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoragenError
-from ..fsutil import atomic_dir, atomic_file, read_json_object
-from ..lora import LoraAdapter, save_peft_adapter
+from .. import models
+from ..data import iter_jsonl
+from ..errors import LoragenError, LoragenWarning
+from ..fsutil import (atomic_dir, atomic_file, missing_parents, read_json_object, refuse_existing,
+    remove_empty_dirs)
+from ..lora import LoraAdapter, merge_into_model, save_peft_adapter
+from ..models import load_tokenizer
+from ..training import encode, left_pad
 from .model import EdgeLayout, GeneratorConfig, LoraGenerator
 
 FORMAT_VERSION = 1
@@ -81,8 +86,6 @@ def edge_weights_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def _load_cloud_base(cfg: GeneratorConfig, edge_dir: Path):
-    from .. import models
-
     if cfg.cloud == "edge":
         return models.load_model(edge_dir, dtype=torch.float32), models.load_tokenizer(edge_dir), edge_dir
     if cfg.cloud in models.PRESETS:
@@ -96,8 +99,6 @@ def _load_cloud_base(cfg: GeneratorConfig, edge_dir: Path):
 def build_generator(cfg: GeneratorConfig, edge_dir: str | os.PathLike) -> Generator:
     """A fresh generator for the edge model in ``edge_dir`` (uses the global torch RNG for init)."""
     from peft import LoraConfig, get_peft_model
-
-    from .. import models
 
     edge_dir = Path(edge_dir).resolve()
     edge = models.load_model(edge_dir, dtype=torch.float32)
@@ -123,8 +124,6 @@ def _generator_id(weights: bytes, cloud_adapter: bytes, edge_hash: str) -> str:
 def write_generator(g: Generator, out: Path, steps: int) -> str:
     """Write the trained generator's files into run directory ``out`` (each atomically)."""
     from safetensors.torch import save as st_save
-
-    from .. import models
 
     weights = st_save({k: v.contiguous() for k, v in g.generator.generator_state().items()})
     adapter_dir = out / CLOUD_ADAPTER
@@ -159,8 +158,6 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from .. import models
-
     run = Path(run_dir)
     if not (run / META).is_file():
         raise LoragenError(f"{run} is not a generator run directory ({META} is missing; train one with 'loragen train')")
@@ -183,8 +180,6 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
     if want_weights is None:
         # runs written before the fingerprint existed: only the architecture can be checked
         import warnings
-
-        from ..errors import LoragenWarning
 
         warnings.warn(f"{run / META} records no edge weights fingerprint (written by an older version): "
                       f"only the architecture of {edge_path} was checked", LoragenWarning, stacklevel=2)
@@ -227,8 +222,6 @@ def task_sha256(task: str) -> str:
 @torch.no_grad()
 def generate_factors(g: Generator, tasks: list[str]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Per description: module name -> (A (K*r, in), B (out, K*r)), scale 1. Nothing touches disk."""
-    from ..training import encode, left_pad
-
     if not tasks:
         return []
     for t in tasks:
@@ -268,11 +261,6 @@ def generate_adapter(g: Generator, task: str) -> LoraAdapter:
 def save_generated(g: Generator, tasks: list[str], outs: list[str | os.PathLike],
                    merge_into: list[str | os.PathLike] | None = None) -> list[Path]:
     """Generate and write PEFT adapter directories (and optionally merged model directories)."""
-    from ..fsutil import refuse_existing
-    from ..lora import merge_into_model
-
-    from ..fsutil import missing_parents, remove_empty_dirs
-
     parents: list[Path] = []
     for p in list(outs) + list(merge_into or []):
         refuse_existing(p)
@@ -283,8 +271,6 @@ def save_generated(g: Generator, tasks: list[str], outs: list[str | os.PathLike]
         for i, (adapter, out) in enumerate(zip(adapters, outs)):
             if merge_into:
                 import copy
-
-                from ..models import load_tokenizer
 
                 model = merge_into_model(copy.deepcopy(g.edge), adapter)  # checked before anything is written
             written.append(save_peft_adapter(adapter, out, base_model=str(g.edge_dir)))
@@ -307,8 +293,6 @@ def save_generated(g: Generator, tasks: list[str], outs: list[str | os.PathLike]
 def read_task_file(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Batch mode input: JSONL lines ``{"name": str, "task": str}`` -> (tasks, names)."""
     import re
-
-    from ..data import iter_jsonl
 
     tasks, names = [], []
     for where, rec in iter_jsonl(path, "task file"):

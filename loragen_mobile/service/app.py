@@ -25,7 +25,15 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bundle import read_base_tensors
+from ..bundle.core import build
+from ..bundle.format import FORMAT_VERSION, parse
+from ..bundle.keys import key_id, load_private_key
 from ..errors import LoragenError
+from ..exporters import read_artifact
+from ..fsutil import atomic_file
+from ..generator import generate_adapters, load_generator
+from ..models import config_hash
 from .store import BundleStore, bundle_id, valid_id
 
 log = logging.getLogger("loragen.serve")
@@ -122,8 +130,6 @@ def load_api_keys(path: str | None) -> dict[str, ApiKey] | None:
 def add_api_key(path: str, name: str, artifacts: list[str] | None = None, rate_per_minute: float = 60) -> str:
     """Create a random API key, store only its sha256 in ``path`` (created if missing); return the key."""
     import secrets
-
-    from ..fsutil import atomic_file
 
     p = Path(path)
     doc = {"keys": []}
@@ -331,8 +337,6 @@ class ServedArtifact:
 
 
 def _check_servable(g, art: ServedArtifact) -> None:
-    from ..models import config_hash
-
     if art.meta.get("config_hash") != config_hash(g.edge.config):
         raise LoragenError(f"artifact {art.path} was exported from a model with another architecture than "
                            f"the generator's edge model")
@@ -348,12 +352,6 @@ class Specializer:
     """Owns generator, artifacts, key, store and metrics; coalesces identical and batches different requests."""
 
     def __init__(self, cfg: ServiceConfig):
-        from ..bundle import read_base_tensors
-        from ..bundle.format import FORMAT_VERSION
-        from ..bundle.keys import key_id, load_private_key
-        from ..exporters import read_artifact
-        from ..generator import load_generator
-
         self.cfg = cfg
         self.metrics = Metrics()
         self.key = load_private_key(cfg.sign_key)
@@ -471,10 +469,6 @@ class Specializer:
     def _generate_batch(self, items) -> list:
         """One generator forward per distinct task (a batch of one: the bytes never depend on what else
         was asked at the same time), then one bundle (or exception) per item."""
-        from ..bundle.core import build
-        from ..bundle.format import parse
-        from ..generator import generate_adapters
-
         t0 = time.perf_counter()
         tasks = sorted({it[1] for it in items})
         adapters = {}
