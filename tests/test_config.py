@@ -157,3 +157,24 @@ def test_import_layers_hold():
     r = subprocess.run([str(exe)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "Contracts: " in r.stdout and " broken" in r.stdout and ", 0 broken." in r.stdout
+
+
+def test_service_settings_from_yaml_and_options(tmp_path):
+    from loragen_mobile.service import load_service_config
+
+    f = tmp_path / "service.yaml"
+    f.write_text("service:\n  generator_dir: runs/gen\n  artifacts: [art/a, art/b]\n  sign_key: k.pem\n"
+                 "  store: bundles\n  max_batch: 4\n  port: 9000\n")
+    c = load_service_config(f, {"port": 9100, "store": None})
+    assert (c.artifacts, c.max_batch, c.port, c.store, c.host) == (["art/a", "art/b"], 4, 9100, "bundles", "127.0.0.1")
+    f.write_text("service:\n  generator_dir: g\n  artifacts: a\n  sign_key: k\n  store: s\n")
+    with pytest.raises(LoragenError, match=f"{f}: service: artifacts must be a list, got 'a'") as e:
+        load_service_config(f)
+    assert e.value.code == "config"
+    with pytest.raises(LoragenError, match=f"missing --generator, --artifact, --sign-key, --store "
+                       rf"\(or their keys in {tmp_path / 'none.yaml'}'s service section\)"):
+        (tmp_path / "none.yaml").write_text("edge: {}\n")
+        load_service_config(tmp_path / "none.yaml")
+    with pytest.raises(LoragenError, match="--header-timeout-s, --body-timeout-s"):
+        load_service_config(None, {"generator_dir": "g", "artifacts": ["a"], "sign_key": "k", "store": "s",
+                                   "header_timeout_s": 0.0})

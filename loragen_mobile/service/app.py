@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -29,6 +30,7 @@ from ..bundle import read_base_tensors
 from ..bundle.core import build
 from ..bundle.format import FORMAT_VERSION, parse
 from ..bundle.keys import key_id, load_private_key
+from ..config import from_mapping, load_section
 from ..errors import LoragenError
 from ..exporters import read_artifact
 from ..fsutil import atomic_file
@@ -45,6 +47,9 @@ CHUNK = 1 << 20
 
 @dataclass
 class ServiceConfig:
+    """Service settings: the ``service:`` section of a YAML file and/or ``loragen serve`` options
+    (:func:`load_service_config`)."""
+
     generator_dir: str
     artifacts: list[str]
     sign_key: str
@@ -57,6 +62,35 @@ class ServiceConfig:
     header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
     auth_failures_per_minute: float = 10.0  # invalid API keys accepted per client address
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def check(self) -> "ServiceConfig":
+        if self.max_task_bytes < 1 or self.max_batch < 1 or self.batch_window_s < 0:
+            raise LoragenError("--max-task-bytes and --max-batch must be positive, --batch-window-ms not negative",
+                               code="usage")
+        if not (self.header_timeout_s > 0 and self.body_timeout_s > 0 and self.auth_failures_per_minute > 0):
+            raise LoragenError("--header-timeout-s, --body-timeout-s and --auth-failures-per-minute must be positive",
+                               code="usage")
+        if not self.artifacts:
+            raise LoragenError("the service needs at least one artifact (--artifact)", code="usage")
+        return self
+
+
+# setting -> the loragen serve option that gives it
+SERVICE_OPTIONS = {"generator_dir": "--generator", "artifacts": "--artifact", "sign_key": "--sign-key",
+                   "store": "--store"}
+
+
+def load_service_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> ServiceConfig:
+    """The ``service:`` section of a YAML file (keys: the :class:`ServiceConfig` fields), with
+    ``overrides`` (``loragen serve`` options; ``None`` = not given) on top."""
+    d = {**load_section(path, "service"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    missing = [flag for key, flag in SERVICE_OPTIONS.items() if not d.get(key)]
+    if missing:
+        raise LoragenError(f"missing {', '.join(missing)}" + (f" (or their keys in {path}'s service section)"
+                                                              if path else ""), code="usage")
+    return from_mapping(ServiceConfig, d, f"{path}: service" if path else "service settings").check()
 
 
 class HTTPProblem(Exception):
@@ -832,9 +866,11 @@ def running(app, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 120.
         thread.join(timeout_s)
 
 
-def serve(cfg: ServiceConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(cfg: ServiceConfig, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
+    host = cfg.host if host is None else host
+    port = cfg.port if port is None else port
     if cfg.api_keys is None:
         log.warning("no --api-keys given: the service accepts every request (development mode)")
     uvicorn.Server(uvicorn_config(create_app(cfg), host, port, log_level="info")).run()
