@@ -247,13 +247,14 @@ class Exporter:
                     f.seek(offsets[s.name])
                     f.write(data[s.name])
 
-    def verified_slot_bytes(self, root: Path, slots: list[SwapSlot]) -> dict[str, bytes]:
-        """:meth:`read_slot_bytes`, each checked against the slot's recorded size and sha256."""
+    def verified_slot_bytes(self, root: Path, slots: list[SwapSlot], shown: Path | None = None) -> dict[str, bytes]:
+        """:meth:`read_slot_bytes`, each checked against the slot's recorded size and sha256
+        (errors name ``shown``, e.g. the source of a copy, instead of ``root``)."""
         data = self.read_slot_bytes(root, slots)
         for s in slots:
             b = data[s.name]
             if len(b) != s.nbytes or sha256_bytes(b) != s.sha256:
-                raise slot_corrupt(root, s, "does not hold the bytes artifact.json records")
+                raise slot_corrupt(shown or root, s, "does not hold the bytes artifact.json records")
         return data
 
     # ------------------------------------------------------------------ swap (once, for every backend)
@@ -276,12 +277,13 @@ class Exporter:
         if not swap:
             raise LoragenError("apply_swap needs at least one tensor")
         new = {name: tensor_bytes(t) for name, t in swap.items()}
+        self.slot_offsets(art.path, art.slots)  # every slot is where artifact.json says, before any copy
         with atomic_dir(out_dir) as tmp:
             copy_tree(art.path, tmp)
             self.write_slot_bytes(tmp, art.slots, new)
             raw = [dict(d, sha256=sha256_bytes(new[d["name"]])) if d["name"] in new else dict(d)
                    for d in art.meta["swap_slots"]]
-            self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw])
+            self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw], shown=art.path)
             meta = {k: v for k, v in art.meta.items() if k != "schema"}
             meta["swap_slots"] = raw
             meta["swapped_from"] = art.meta["fingerprint"]
