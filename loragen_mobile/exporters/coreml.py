@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
-from .artifact import Artifact, SwapSlot, as_artifact, check_swap, slot_corrupt, tensor_bytes
-from .pipeline import ExportJob, Exporter
+from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
+from .pipeline import ExportJob, Exporter, graph_name
 from .runner import Runner
 from .validation import ValidationReport
 
@@ -51,10 +51,6 @@ IO_CONTRACT = {
     "causal_mask": "additive float16 [1, 1, q, end]: 0 = attend, -inf = masked; the q new tokens "
                    "take positions end - q .. end - 1",
 }
-
-
-def _norm(name: str) -> str:
-    return name.replace(".", "_")
 
 
 def _quiet():
@@ -211,7 +207,7 @@ class CoreMLExporter(Exporter):
         suffix = "_to_fp16" if job.precision == "fp16" else ""
         slots = []
         for n in job.swap_names:
-            cname = f"p_{_norm(n)}{suffix}"
+            cname = f"p_{graph_name(n)}{suffix}"
             if cname not in consts:
                 raise LoragenError(f"coreml: weight {n} was not stored as const {cname} in weight.bin")
             c = consts[cname]
@@ -254,9 +250,7 @@ class CoreMLExporter(Exporter):
                 out[s.name] = off
         return out
 
-    def open_runner(self, artifact, swap=None) -> Runner:
-        art = as_artifact(artifact, self.name)
-        swap = check_swap(art, swap)
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
         if platform.system() != "Darwin":
             raise LoragenError("Core ML models can only run on macOS/iOS; on this host use "
                                "'loragen validate' (reads the package back) or the executorch/onnx backends")
@@ -307,7 +301,7 @@ class CoreMLExporter(Exporter):
             aliases.setdefault(id(p), []).append(name)
         seen, by_value, worst, bad, missing = set(), set(), 0.0, [], []
         for name, p in model.named_parameters():
-            cands = [f"p_{_norm(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
+            cands = [f"p_{graph_name(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
             cname = next((c for c in cands if c in consts), None)
             want = p.detach().to(tdt).numpy()
             if cname is None:

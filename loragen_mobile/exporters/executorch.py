@@ -29,17 +29,13 @@ from pathlib import Path
 import torch
 
 from ..errors import LoragenError
-from .artifact import Artifact, SwapSlot, as_artifact, check_swap, dtype_name, slot_corrupt, tensor_bytes
-from .pipeline import ExportJob, Exporter
+from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .pipeline import ExportJob, Exporter, graph_name
 from .runner import Runner
 
 PTE = "model.pte"
 DATA = "model.ptd"
 DATA_TAG = "model"  # external-constant tag -> DATA
-
-
-def _norm(name: str) -> str:
-    return name.replace(".", "_")
 
 
 def _ptd_ranges(path: Path) -> dict[str, tuple[int, int]]:
@@ -156,11 +152,11 @@ class ExecuTorchExporter(Exporter):
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
         ep = _export(wrapper, job.max_context)
-        param_norm = {_norm(n) for n in job.params}
+        param_norm = {graph_name(n) for n in job.params}
 
         def tag(node):
             n = node.target if node.op == "get_attr" else node.name
-            n = _norm(str(n))
+            n = graph_name(str(n))
             if n.startswith("p_") and n[2:] in param_norm:
                 n = n[2:]
             return DATA_TAG if n in param_norm else None
@@ -228,9 +224,8 @@ class ExecuTorchExporter(Exporter):
             out[s.name] = s.offset
         return out
 
-    def open_runner(self, artifact, swap=None) -> Runner:
-        art = as_artifact(artifact, self.name)
-        return ExecuTorchRunner(art, check_swap(art, swap))
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        return ExecuTorchRunner(art, swap)
 
 
 def _export(module, max_context: int):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
-from .artifact import Artifact, SwapSlot, as_artifact, check_swap, dtype_name, tensor_bytes
+from .artifact import Artifact, SwapSlot, dtype_name, tensor_bytes
 from .pipeline import ExportJob, Exporter
 from .runner import Runner
 
@@ -185,9 +185,8 @@ class ONNXExporter(Exporter):
                            f"{SWAP} at the slot offsets",
         }
 
-    def open_runner(self, artifact, swap=None) -> Runner:
-        art = as_artifact(artifact, self.name)
-        return ONNXRunner(art, check_swap(art, swap))
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        return ONNXRunner(art, swap)
 
 
 def _dims(cfg):

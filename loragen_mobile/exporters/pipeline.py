@@ -16,7 +16,7 @@ implements the hooks in between (docs/extending-backend.md):
 * :meth:`Exporter.backend_meta` -> the backend's artifact.json fields (``files`` among them);
 * ``fingerprint_files`` (or :meth:`Exporter.fingerprint`) and :meth:`Exporter.slot_offsets`
   (where a slot's bytes are, checked against the backend's own index of the file);
-* :meth:`Exporter.open_runner` -> a :class:`Runner`.
+* :meth:`Exporter.make_runner` -> a :class:`Runner`.
 
 :meth:`Exporter.apply_swap` and :meth:`Exporter.read_swap_tensors` are implemented once, here, on
 top of :meth:`read_slot_bytes` / :meth:`write_slot_bytes` (byte ranges at :meth:`slot_offsets`).
@@ -293,7 +293,12 @@ class Exporter:
     # ------------------------------------------------------------------ run and validate
 
     def open_runner(self, artifact: Artifact | str | os.PathLike, swap: dict[str, torch.Tensor] | None = None) -> Runner:
-        """Hook: a host runner for the artifact, ``swap`` applied at load (nothing written)."""
+        """A host runner for the artifact, ``swap`` applied at load (nothing written)."""
+        art = as_artifact(artifact, self.name)
+        return self.make_runner(art, check_swap(art, swap))
+
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        """Hook: the backend's :class:`Runner` for ``art`` with the checked ``swap`` applied at load."""
         raise NotImplementedError
 
     def validate(self, artifact: Artifact | str | os.PathLike, model_dir, *, steps: int = 8) -> ValidationReport:
@@ -313,6 +318,11 @@ class Exporter:
         threshold = THRESHOLDS.get(art.meta.get("quantization") or art.meta["precision"], THRESHOLDS["fp32"])
         prompt = VALIDATION_PROMPT[: max(1, min(len(VALIDATION_PROMPT), art.meta["max_context"] - steps - 1))]
         check_logits(report, self.open_runner(art), model, prompt, steps, threshold)
+
+
+def graph_name(param: str) -> str:
+    """A parameter's name as torch.export spells it in a graph (``p_<name with _ for .>``, less ``p_``)."""
+    return param.replace(".", "_")
 
 
 def _by_file(slots: Iterable[SwapSlot]) -> list[tuple[str, list[SwapSlot]]]:
