@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
-from .artifact import Artifact, SwapSlot, dtype_name, tensor_bytes
+from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
 from .pipeline import ExportJob, Exporter
 from .runner import Runner
 
@@ -158,7 +158,7 @@ class ONNXExporter(Exporter):
         for n in job.swap_names:
             init, t = inits[n], job.params[n].detach()
             where = {e.key: e.value for e in init.external_data}
-            off, data = int(where.get("offset", -1)), tensor_bytes(t)
+            off, data = int(where.get("offset", 0)), tensor_bytes(t)
             if (where.get("location") != SWAP or list(init.dims) != list(t.shape)
                     or blob[off:off + len(data)] != data or int(where.get("length", -1)) != len(data)):
                 raise LoragenError(f"initializer {n} is not stored as the parameter "
@@ -184,6 +184,24 @@ class ONNXExporter(Exporter):
             "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
                            f"{SWAP} at the slot offsets",
         }
+
+    def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
+        """A slot's bytes are its initializer's external-data range (model.onnx's own index)."""
+        import onnx
+
+        if not slots:
+            return {}
+        try:
+            proto = onnx.load(str(root / MODEL), load_external_data=False)
+        except Exception as e:
+            raise LoragenError(f"cannot read {root / MODEL}: {str(e).splitlines()[0]}") from None
+        where = {i.name: {e.key: e.value for e in i.external_data} for i in proto.graph.initializer}
+        for s in slots:
+            w = where.get(s.key, {})
+            if (s.file != SWAP or w.get("location") != SWAP or w.get("offset", "0") != str(s.offset)
+                    or w.get("length") != str(s.nbytes)):
+                raise slot_corrupt(root, s, f"is not the external data of initializer {s.key} in {SWAP}")
+        return super().slot_offsets(root, slots)  # the recorded offsets, checked to lie inside the file
 
     def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
         return ONNXRunner(art, swap)
