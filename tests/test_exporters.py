@@ -205,6 +205,67 @@ def test_swap_is_checked(artifacts, workdir):
         exp.apply_swap(a, {slot["name"]: good}, a)
 
 
+def _error(fn, *paths) -> tuple[str, str]:
+    """(code, message) of the LoragenError ``fn`` raises, with ``paths`` written as <artifact>."""
+    with pytest.raises(LoragenError) as e:
+        fn()
+    msg = str(e.value)
+    for p in paths:
+        msg = msg.replace(str(p), "<artifact>")
+    return e.value.code, msg
+
+
+def test_apply_swap_is_one_implementation_for_every_backend(artifacts, workdir):
+    from loragen_mobile.exporters import Exporter, read_swap_tensors
+
+    errors: dict[str, set] = {"sha256": set(), "shape": set()}
+    for backend in ("executorch", "onnx", "coreml"):
+        exp = get_exporter(backend)
+        assert type(exp).apply_swap is Exporter.apply_swap
+        assert type(exp).read_swap_tensors is Exporter.read_swap_tensors
+        src = artifacts(backend, "tiny-llama")
+        art = read_artifact(src)
+        before = _tree_digest(src)
+        s0, s1 = art.slots[0], art.slots[1]
+        g = torch.Generator().manual_seed(3)
+        new = (torch.randn(s0.shape, generator=g) * 0.1).to(s0.torch_dtype)
+
+        # a good swap, given the Artifact object: exact bytes in the slot, every other slot untouched
+        out = workdir / f"one-impl-{backend}"
+        res = exp.apply_swap(art, {s0.name: new}, out)
+        stored, base = read_swap_tensors(res), read_swap_tensors(art)
+        assert torch.equal(stored[s0.name], new)
+        assert all(torch.equal(stored[n], base[n]) for n in base if n != s0.name)
+        assert res.fingerprint == art.fingerprint and res.meta["swapped_from"] == art.fingerprint
+        assert ({k: v for k, v in res.meta.items() if k not in ("swap_slots", "swapped_from")}
+                == {k: v for k, v in art.meta.items() if k != "swap_slots"})
+        assert res.slot_map[s0.name].sha256 == hashlib.sha256(new.numpy().tobytes()).hexdigest()
+
+        # a tampered sha256 of another slot: the same error on every backend, nothing written
+        bad = workdir / f"one-impl-{backend}-tampered"
+        shutil.copytree(src, bad)
+        meta = json.loads((bad / "artifact.json").read_text())
+        meta["swap_slots"][1]["sha256"] = "0" * 64
+        (bad / "artifact.json").write_text(json.dumps(meta, indent=2) + "\n")
+        bad_out = workdir / f"one-impl-{backend}-tampered-out"
+        errors["sha256"].add(_error(lambda: exp.apply_swap(bad, {s0.name: new}, bad_out), bad, bad_out))
+        errors["sha256"].add(_error(lambda: read_swap_tensors(bad), bad))
+        # a wrong-shape tensor: the same error on every backend
+        errors["shape"].add(_error(lambda: exp.apply_swap(art, {s1.name: new.T.contiguous()}, bad_out)))
+        # a slot offset that does not match the backend's own index of the file: refused, nothing written
+        meta = json.loads((src / "artifact.json").read_text())
+        meta["swap_slots"][0]["offset"] += 64
+        (bad / "artifact.json").write_text(json.dumps(meta, indent=2) + "\n")
+        code, msg = _error(lambda: exp.apply_swap(bad, {s0.name: new}, bad_out), bad)
+        assert code == "input" and msg.startswith(f"artifact <artifact>: swap slot {s0.name} ")
+        assert msg.endswith("artifact is corrupt")
+        assert not bad_out.exists() and not [p for p in workdir.iterdir() if ".tmp-" in p.name]
+        assert _tree_digest(src) == before
+    assert errors["sha256"] == {("input", f"artifact <artifact>: swap slot {s1.name} does not hold the bytes "
+                                          f"artifact.json records; artifact is corrupt")}
+    assert len(errors["shape"]) == 1 and "has shape" in next(iter(errors["shape"]))[1]
+
+
 def test_swap_slots_schema(artifacts, model_dirs):
     from loragen_mobile.exporters import read_swap_tensors
 

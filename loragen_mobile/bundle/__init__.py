@@ -27,17 +27,18 @@ __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "bun
            "read_base_tensors", "verify_bundle", "write_bundle"]
 
 
-def _artifact(artifact_dir):
-    from ..exporters import read_artifact
+def _artifact(artifact):
+    """The artifact read once (an :class:`~loragen_mobile.exporters.Artifact` is passed through)."""
+    from ..exporters import as_artifact
 
-    return read_artifact(artifact_dir)
+    return as_artifact(artifact)
 
 
-def read_base_tensors(artifact_dir) -> dict[str, torch.Tensor]:
+def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
     """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
     from ..exporters import read_swap_tensors
 
-    return read_swap_tensors(artifact_dir)
+    return read_swap_tensors(artifact)
 
 
 def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,
@@ -48,7 +49,7 @@ def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", priva
     if adapter.model_type and adapter.model_type != art.meta.get("model_type"):
         raise BundleError(f"adapter was made for model_type '{adapter.model_type}', "
                           f"the artifact is '{art.meta.get('model_type')}'", code="build")
-    base = read_base_tensors(artifact_dir) if kind == "merged" else None
+    base = read_base_tensors(art) if kind == "merged" else None
     return build(art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
                  task=task, include_task=include_task, created=created,
                  task_sha256=adapter.metadata.get("loragen.task_sha256"))
@@ -103,20 +104,21 @@ def bundle_swap(vb: VerifiedBundle, artifact_dir) -> dict[str, torch.Tensor]:
 
 
 def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: bool = True):
-    """Verify, then write a new specialized artifact directory (the source is never modified)."""
+    """Verify, then write a new specialized artifact directory (the source is never modified).
+    artifact.json is read once; the :class:`~loragen_mobile.exporters.Artifact` goes to each step."""
     from ..exporters import get_exporter
     from ..fsutil import refuse_existing
 
     refuse_existing(out)
-    vb = verify_bundle(bundle, artifact_dir, public_key, require_signature)
     art = _artifact(artifact_dir)
-    return get_exporter(art.backend).apply_swap(artifact_dir, bundle_swap(vb, artifact_dir), out)
+    vb = verify_bundle(bundle, art, public_key, require_signature)
+    return get_exporter(art.backend).apply_swap(art, bundle_swap(vb, art), out)
 
 
 def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):
     """A host runner for the artifact with the bundle swapped in at load (nothing written)."""
     from ..exporters import get_exporter
 
-    vb = verify_bundle(bundle, artifact_dir, public_key, require_signature)
     art = _artifact(artifact_dir)
-    return get_exporter(art.backend).open_runner(artifact_dir, swap=bundle_swap(vb, artifact_dir))
+    vb = verify_bundle(bundle, art, public_key, require_signature)
+    return get_exporter(art.backend).open_runner(art, swap=bundle_swap(vb, art))

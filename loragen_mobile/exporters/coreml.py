@@ -35,15 +35,15 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
-from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, ValidationReport, check_fingerprint, check_identity, check_swap, common_meta, copy_tokenizer, export_steps, make_slot,
-               read_artifact, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
+from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
+from .pipeline import ExportJob, Exporter, graph_name
+from .runner import Runner
+from .validation import ValidationReport
 
 PACKAGE = "model.mlpackage"
 WEIGHTS = f"{PACKAGE}/Data/com.apple.CoreML/weights/weight.bin"
 SPEC = f"{PACKAGE}/Data/com.apple.CoreML/model.mlmodel"
 BLOB_MAGIC = 0xDEADBEEF
-_PREC = {"fp16": torch.float16, "fp32": torch.float32}
 INPUT_IDS, CAUSAL_MASK, KEY_CACHE, VALUE_CACHE, LOGITS = "inputIds", "causalMask", "keyCache", "valueCache", "logits"
 IO_CONTRACT = {
     "consumer": "huggingface/swift-transformers 1.3.3 LanguageModelWithStatefulKVCache "
@@ -53,23 +53,19 @@ IO_CONTRACT = {
 }
 
 
-def _norm(name: str) -> str:
-    return name.replace(".", "_")
-
-
 def _quiet():
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
 
 
-def _convert(model, max_context: int, precision: str, all_logits: bool = False):
+def _convert(w, max_context: int, precision: str):
+    """torch.export of the stateful wrapper ``w`` -> ``ct.convert`` (ML program, iOS 18, states)."""
     import coremltools as ct
     from torch.export import Dim
 
     from .common import StatefulCoreMLLM
 
-    w = StatefulCoreMLLM(model.float(), max_context, all_logits=all_logits).eval()
     q, end = Dim("q", min=1, max=max_context), Dim("end", min=1, max=max_context)
     ids, mask = torch.zeros((1, 2), dtype=torch.long), StatefulCoreMLLM.causal_mask(2, 5)
     with torch.no_grad():
@@ -87,12 +83,11 @@ def _convert(model, max_context: int, precision: str, all_logits: bool = False):
     inputs = [ct.TensorType(name=INPUT_IDS, dtype=np.int32), ct.TensorType(name=CAUSAL_MASK, dtype=np.float16)]
     cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     try:
-        ml = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs,
-                        states=states, outputs=[ct.TensorType(name=LOGITS, dtype=np_dtype)], compute_precision=cp,
-                        skip_model_load=True)
+        return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs,
+                          states=states, outputs=[ct.TensorType(name=LOGITS, dtype=np_dtype)], compute_precision=cp,
+                          skip_model_load=True)
     except Exception as e:
         raise LoragenError(f"coremltools conversion failed: {str(e).splitlines()[0]}") from None
-    return ml, w
 
 
 def blob_consts(spec) -> dict[str, dict]:
@@ -184,110 +179,84 @@ class CoreMLRunner(Runner):  # pragma: no cover - needs macOS (Core ML framework
 
 class CoreMLExporter(Exporter):
     name = "coreml"
+    precisions = ("fp16", "fp32")
+    default_precision = "fp16"
+    load_dtype = torch.float32  # converted in fp32; ct.convert's compute precision gives the stored one
+    fingerprint_files = (SPEC, WEIGHTS)
 
-    def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype=None,
-               progress=True, adapter=None, all_logits=False) -> Artifact:
-        """``all_logits``: return logits for every input position (default: the last one only)."""
-        from ..models import DEFAULT_TARGET_MODULES
-
+    def export(self, *args, **kw) -> Artifact:
         _quiet()
-        targets = tuple(targets or DEFAULT_TARGET_MODULES)
-        dtype = dtype or "fp16"
-        if dtype not in _PREC:
-            raise LoragenError(f"coreml: unknown precision '{dtype}'; use fp16 or fp32")
-        if quantize is not None:
-            raise LoragenError(f"coreml: unsupported quantization '{quantize}' (only unquantized export is available)")
-        with atomic_dir(out_dir) as tmp, export_steps(4, "export coreml", progress) as bar:
-            bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, torch.float32, max_context, targets, adapter)
-            bar.update()
+        return super().export(*args, **kw)
 
-            bar.set_postfix_str("torch.export + ct.convert")
-            ml, _ = _convert(model, max_context, dtype, all_logits)
-            ml.save(str(tmp / PACKAGE))
-            bar.update()
+    def wrap(self, job: ExportJob) -> torch.nn.Module:
+        from .common import StatefulCoreMLLM
 
-            bar.set_postfix_str("swap slots")
-            import coremltools as ct
+        return StatefulCoreMLLM(job.model.float(), job.max_context, all_logits=job.all_logits).eval()
 
-            spec = ct.utils.load_spec(str(tmp / PACKAGE))
-            consts = blob_consts(spec)
-            buf = (tmp / WEIGHTS).read_bytes()
-            tdt = _PREC[dtype]
-            suffix = "_to_fp16" if dtype == "fp16" else ""
-            slots = []
-            for n in swap_names:
-                cname = f"p_{_norm(n)}{suffix}"
-                if cname not in consts:
-                    raise LoragenError(f"coreml: weight {n} was not stored as const {cname} in weight.bin")
-                c = consts[cname]
-                _, size, off = read_blob_header(buf, c["header_offset"])
-                t = params[n].detach().to(tdt)
-                data = tensor_bytes(t)
-                if size != len(data) or buf[off:off + size] != data or c["shape"] != list(t.shape):
-                    raise LoragenError(f"coreml stored {n} in a different layout; cannot record a swap slot")
-                slots.append(make_slot(n, t, WEIGHTS, key=cname, offset=off, header_offset=c["header_offset"]))
-            bar.update()
+    def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
+        _convert(wrapper, job.max_context, job.precision).save(str(job.out / PACKAGE))
 
-            bar.set_postfix_str("artifact.json")
-            sig = _signature(spec)
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
-            meta.update({
-                "deployment_target": "iOS18",
-                "model_format": "mlprogram",
-                "functions": ["main"],
-                "kv_cache": f"Core ML states {KEY_CACHE}/{VALUE_CACHE} [layers, 1, kv_heads, max_context, head_dim]",
-                "inputs": sig["inputs"], "outputs": sig["outputs"], "states": sig["states"],
-                "logits": "all" if all_logits else "last",
-                "io_contract": IO_CONTRACT,
-                "files": [PACKAGE],
-                "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
-                "swap_slots": slots,
-            })
-            self._finish_export(tmp, meta)
-            bar.update()
-        return read_artifact(out_dir, self.name)
+    def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
+        """Each slot is the data of its const's blob in weight.bin (the parameter cast to the precision)."""
+        import coremltools as ct
 
-    def fingerprint(self, artifact_dir, meta) -> str:
-        d = Path(artifact_dir)
-        skip = [(s["offset"], s["nbytes"]) for s in meta["swap_slots"]]
-        return sha256_bytes(b"coreml\0", sha256_file(d / SPEC).encode(), sha256_file(d / WEIGHTS, skip).encode())
+        spec = ct.utils.load_spec(str(job.out / PACKAGE))
+        job.state["signature"] = _signature(spec)
+        consts = blob_consts(spec)
+        buf = (job.out / WEIGHTS).read_bytes()
+        suffix = "_to_fp16" if job.precision == "fp16" else ""
+        slots = []
+        for n in job.swap_names:
+            cname = f"p_{graph_name(n)}{suffix}"
+            if cname not in consts:
+                raise LoragenError(f"coreml: weight {n} was not stored as const {cname} in weight.bin")
+            c = consts[cname]
+            _, size, off = read_blob_header(buf, c["header_offset"])
+            t = job.params[n].detach().to(job.dtype)
+            data = tensor_bytes(t)
+            if size != len(data) or buf[off:off + size] != data or c["shape"] != list(t.shape):
+                raise LoragenError(f"coreml stored {n} in a different layout; cannot record a swap slot")
+            slots.append(SwapSlot.of(n, t, WEIGHTS, key=cname, offset=off, header_offset=c["header_offset"]))
+        return slots
 
-    def open_runner(self, artifact_dir, swap=None) -> Runner:
-        art = read_artifact(artifact_dir, self.name)
-        swap = check_swap(art, swap)
+    def backend_meta(self, job: ExportJob) -> dict:
+        sig = job.state["signature"]
+        return {
+            "deployment_target": "iOS18",
+            "model_format": "mlprogram",
+            "functions": ["main"],
+            "kv_cache": f"Core ML states {KEY_CACHE}/{VALUE_CACHE} [layers, 1, kv_heads, max_context, head_dim]",
+            "inputs": sig["inputs"], "outputs": sig["outputs"], "states": sig["states"],
+            "logits": "all" if job.all_logits else "last",
+            "io_contract": IO_CONTRACT,
+            "files": [PACKAGE],
+        }
+
+    def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
+        """A slot's bytes are the data of the weight.bin blob whose header it records."""
+        out = {}
+        if not slots:
+            return out
+        with open(root / WEIGHTS, "rb") as f:
+            for s in slots:
+                h = s.extra.get("header_offset")
+                if s.file != WEIGHTS or not isinstance(h, int) or h < 0:
+                    raise slot_corrupt(root, s, "has no blob header in weight.bin")
+                f.seek(h)
+                head = f.read(24)
+                magic, _, size, off = struct.unpack("<IIQQ", head) if len(head) == 24 else (0, 0, 0, 0)
+                if magic != BLOB_MAGIC or off != s.offset or size != s.nbytes:
+                    raise slot_corrupt(root, s, "does not match its weight.bin blob")
+                out[s.name] = off
+        return out
+
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
         if platform.system() != "Darwin":
             raise LoragenError("Core ML models can only run on macOS/iOS; on this host use "
                                "'loragen validate' (reads the package back) or the executorch/onnx backends")
         if swap:  # pragma: no cover
             raise LoragenError("coreml: use apply_swap to write a swapped package, then open that")
         return CoreMLRunner(art, swap)  # pragma: no cover
-
-    def apply_swap(self, artifact_dir, swap, out_dir) -> Artifact:
-        art = read_artifact(artifact_dir, self.name)
-        swap = check_swap(art, swap)
-        if not swap:
-            raise LoragenError("apply_swap needs at least one tensor")
-        slots = [dict(s) for s in art.slots]
-        buf = art.file(WEIGHTS).read_bytes()
-        with atomic_dir(out_dir) as tmp:
-            self._copy_artifact(art, tmp)
-            with open(tmp / WEIGHTS, "r+b") as f:
-                for s in slots:
-                    if s["name"] not in swap:
-                        continue
-                    _, size, off = read_blob_header(buf, s["header_offset"])
-                    data = tensor_bytes(swap[s["name"]])
-                    if off != s["offset"] or size != len(data):
-                        raise LoragenError(f"weight.bin blob for {s['name']} does not match its slot; artifact is corrupt")
-                    f.seek(off)
-                    f.write(data)
-                    s["sha256"] = sha256_bytes(data)
-            meta = {k: v for k, v in art.meta.items() if k != "schema"}
-            meta["swap_slots"] = slots
-            meta["swapped_from"] = art.meta["fingerprint"]
-            write_artifact_json(tmp, meta)
-        return read_artifact(out_dir, self.name)
 
     def read_weights(self, artifact_dir) -> dict[str, np.ndarray]:
         """Every const of the ML program read back through coremltools' milproto loader."""
@@ -309,18 +278,12 @@ class CoreMLExporter(Exporter):
                     out[op.outputs[0].name] = np.asarray(op.outputs[0].val)
         return out
 
-    def validate(self, artifact_dir, model_dir, *, steps: int = 8) -> ValidationReport:
+    def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
+        """Core ML cannot predict off Apple platforms: the package is read back instead (signature,
+        every stored weight vs the model, the swap slots' bytes)."""
         import coremltools as ct
 
-        from ..models import load_model
-
-        art = read_artifact(artifact_dir, self.name)
-        model = load_model(model_dir, dtype=torch.float32)
         prec = art.meta["precision"]
-        report = ValidationReport(str(art.path), self.name, prec)
-        check_identity(report, art, Path(model_dir), model)
-        check_fingerprint(report, self, art)
-
         spec = ct.utils.load_spec(str(art.file(PACKAGE)))
         sig = _signature(spec)
         exp = _expected_signature(model, art.meta["max_context"], prec, art.meta.get("logits") == "all")
@@ -331,14 +294,14 @@ class CoreMLExporter(Exporter):
                        else f"expected {exp[part]}, found {sig[part]}")
 
         consts = self.read_weights(art.path)
-        tdt = _PREC[prec]
+        tdt = {"fp16": torch.float16, "fp32": torch.float32}[prec]
         suffix = "_to_fp16" if prec == "fp16" else ""
         aliases: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
         seen, by_value, worst, bad, missing = set(), set(), 0.0, [], []
         for name, p in model.named_parameters():
-            cands = [f"p_{_norm(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
+            cands = [f"p_{graph_name(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
             cname = next((c for c in cands if c in consts), None)
             want = p.detach().to(tdt).numpy()
             if cname is None:
@@ -373,14 +336,13 @@ class CoreMLExporter(Exporter):
         params = dict(model.named_parameters())
         slot_bad = []
         for s in art.slots:
-            _, size, off = read_blob_header(buf, s["header_offset"])
-            want = tensor_bytes(params[s["name"]].detach().to(tdt))
-            if off != s["offset"] or buf[off:off + size] != want:
-                slot_bad.append(s["name"])
+            _, size, off = read_blob_header(buf, s.extra["header_offset"])
+            want = tensor_bytes(params[s.name].detach().to(tdt))
+            if off != s.offset or buf[off:off + size] != want:
+                slot_bad.append(s.name)
         report.add("swap_slots_bytes", not slot_bad,
                    f"{len(art.slots)} slot byte ranges hold the model's weights" if not slot_bad
                    else f"slot bytes differ from the model: {', '.join(slot_bad[:3])}")
-        return report
 
 
 EXPORTER = CoreMLExporter()

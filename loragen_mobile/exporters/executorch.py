@@ -22,7 +22,6 @@ Runner metadata (``constant_methods``, the names ``extension/llm/runner/constant
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,28 +29,13 @@ from pathlib import Path
 import torch
 
 from ..errors import LoragenError
-from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, check_swap, common_meta, copy_tokenizer,
-               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
+from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .pipeline import ExportJob, Exporter, graph_name
+from .runner import Runner
 
 PTE = "model.pte"
 DATA = "model.ptd"
 DATA_TAG = "model"  # external-constant tag -> DATA
-QUANTIZE = (None,)  # weight-only int8/int4 (XNNPACK/torchao) is not implemented yet
-
-
-def _norm(name: str) -> str:
-    return name.replace(".", "_")
-
-
-def _read_ptd(path: Path):
-    from executorch.exir._serialize._cord import Cord
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    try:
-        return FlatTensorSerializer().deserialize(Cord(Path(path).read_bytes()))
-    except Exception as e:  # corrupt flatbuffer
-        raise LoragenError(f"cannot read ExecuTorch data file {path}: {e}") from None
 
 
 def _ptd_ranges(path: Path) -> dict[str, tuple[int, int]]:
@@ -71,45 +55,6 @@ def _ptd_ranges(path: Path) -> dict[str, tuple[int, int]]:
         seg = ft.segments[nd.segment_index]
         out[nd.key] = (header.segment_base_offset + seg.offset, seg.size)
     return out
-
-
-def _entries(payload) -> dict[str, tuple[bytes, object, int]]:
-    """key -> (bytes, tensor_layout, alignment)."""
-    out = {}
-    for key, e in payload.named_data.items():
-        out[key] = (bytes(payload.buffers[e.buffer_index]), e.tensor_layout, e.alignment)
-    return out
-
-
-def _write_ptd(entries: dict[str, tuple[bytes, object, int]], path: Path) -> None:
-    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorConfig, FlatTensorSerializer
-
-    buffers, named = [], {}
-    for key, (data, layout, align) in entries.items():
-        named[key] = DataEntry(len(buffers), max(int(align or 16), 16), layout)
-        buffers.append(data)
-    blob = FlatTensorSerializer(FlatTensorConfig()).serialize(DataPayload(buffers=buffers, named_data=named))
-    Path(path).write_bytes(bytes(blob))
-
-
-def _patch_slots(art: Artifact, swap: dict[str, torch.Tensor], path: Path) -> list[dict]:
-    """Write each swap tensor's bytes at its slot's offset of the data file at ``path`` (a copy of the
-    artifact's); returns the slots with their new sha256."""
-    slots = [dict(s) for s in art.slots]
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        for s in slots:
-            if s["name"] not in swap:
-                continue
-            off = s.get("offset")
-            if not isinstance(off, int) or off < 0 or off + s["nbytes"] > size:
-                raise LoragenError(f"swap slot {s['name']} lies outside {art.file(DATA)}; artifact is corrupt")
-            data = tensor_bytes(swap[s["name"]])
-            f.seek(off)
-            f.write(data)
-            s["sha256"] = sha256_bytes(data)
-    return slots
 
 
 def runner_metadata(model, model_dir: Path, max_context: int) -> dict[str, object]:
@@ -152,16 +97,14 @@ class ExecuTorchRunner(Runner):
         super().__init__(artifact)
         from executorch.runtime import Runtime
 
-        self._data = None
+        self._tmp = None
         data = artifact.file(DATA)
         try:
-            if swap:  # a temporary copy of model.ptd with the new bytes at the slot offsets
-                fd, name = tempfile.mkstemp(suffix=".ptd", prefix="loragen-swapped-")
-                os.close(fd)
-                self._data = Path(name)
-                shutil.copyfile(data, self._data)
-                _patch_slots(artifact, swap, self._data)
-                data = self._data
+            if swap:  # a temporary copy of model.ptd with the new bytes in the swap slots
+                self._tmp = Path(tempfile.mkdtemp(prefix="loragen-swapped-"))
+                shutil.copyfile(data, self._tmp / DATA)
+                EXPORTER.write_slot_bytes(self._tmp, artifact.slots, {n: tensor_bytes(t) for n, t in swap.items()})
+                data = self._tmp / DATA
             self._program = Runtime.get().load_program(str(artifact.file(PTE)), data_path=str(data))
         except LoragenError:
             self._cleanup()
@@ -183,12 +126,9 @@ class ExecuTorchRunner(Runner):
         return out[0][0].float()
 
     def _cleanup(self) -> None:
-        p, self._data = getattr(self, "_data", None), None
+        p, self._tmp = getattr(self, "_tmp", None), None
         if p is not None:
-            try:
-                p.unlink(missing_ok=True)
-            except Exception:
-                pass
+            shutil.rmtree(p, ignore_errors=True)
 
     def __del__(self):
         self._cleanup()
@@ -196,130 +136,96 @@ class ExecuTorchRunner(Runner):
 
 class ExecuTorchExporter(Exporter):
     name = "executorch"
+    fingerprint_files = (PTE, DATA)
 
-    def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
-               progress=True, adapter=None, all_logits=False) -> Artifact:
-        from ..models import DEFAULT_TARGET_MODULES
+    def wrap(self, job: ExportJob) -> torch.nn.Module:
+        from .common import StaticCacheLM
 
-        targets = tuple(targets or DEFAULT_TARGET_MODULES)
-        if quantize not in QUANTIZE:
-            raise LoragenError(f"executorch: unsupported quantization '{quantize}' (only unquantized export is available)")
-        tdtype = resolve_precision(dtype)
-        with atomic_dir(out_dir) as tmp, export_steps(6, "export executorch", progress) as bar:
-            bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets, adapter)
-            metadata = runner_metadata(model, Path(model_dir), max_context)
-            bar.update()
+        job.state["metadata"] = runner_metadata(job.model, job.model_dir, job.max_context)
+        # logits [1, 1, V] (last position) unless all_logits
+        return StaticCacheLM(job.model, job.max_context, all_logits=job.all_logits).eval()
 
-            bar.set_postfix_str("torch.export")
-            from .common import StaticCacheLM
+    def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
+        """torch.export -> tag every parameter as external data -> re-export -> XNNPACK -> .pte + .ptd."""
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
-            wrapper = StaticCacheLM(model, max_context, all_logits=all_logits).eval()  # logits [1, 1, V] unless all_logits
-            ep = _export(wrapper, max_context)
-            bar.update()
+        ep = _export(wrapper, job.max_context)
+        param_norm = {graph_name(n) for n in job.params}
 
-            bar.set_postfix_str("tag external weights")
-            from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+        def tag(node):
+            n = node.target if node.op == "get_attr" else node.name
+            n = graph_name(str(n))
+            if n.startswith("p_") and n[2:] in param_norm:
+                n = n[2:]
+            return DATA_TAG if n in param_norm else None
 
-            param_norm = {_norm(n) for n in params}
+        gm = ep.module()
+        delegate_external_constants_pass_unlifted(module=gm, gen_tag_fn=tag)
+        ep = _export(gm, job.max_context)
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=job.state["metadata"])
+        et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
+        with open(job.out / PTE, "wb") as f:
+            et.write_to_file(f)
+        et.write_tensor_data_to_file(str(job.out))
+        written = sorted(p.name for p in job.out.glob("*.ptd"))
+        if written != [DATA]:
+            raise LoragenError(f"executorch export wrote data files {written}, expected [{DATA}]")
 
-            def tag(node):
-                n = node.target if node.op == "get_attr" else node.name
-                n = _norm(str(n))
-                if n.startswith("p_") and n[2:] in param_norm:
-                    n = n[2:]
-                return DATA_TAG if n in param_norm else None
+    def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
+        """XNNPACK keys each delegated weight by the sha256 of its bytes: the slot is that key's range."""
+        ranges = _ptd_ranges(job.out / DATA)
+        keys_of: dict[str, set[str]] = {}
+        for n, p in job.params.items():
+            keys_of.setdefault(hashlib.sha256(tensor_bytes(p.detach())).hexdigest(), set()).add(n)
+        blob = (job.out / DATA).read_bytes()
+        slots = []
+        for n in job.swap_names:
+            t = job.params[n].detach()
+            raw = tensor_bytes(t)
+            key = hashlib.sha256(raw).hexdigest()
+            if len(keys_of[key]) > 1:
+                other = sorted(keys_of[key] - {n})[0]
+                raise LoragenError(f"swappable tensor {n} has the same bytes as {other} and would share its "
+                                   f"key in {DATA}; re-initialise one of them before export")
+            if key not in ranges:
+                raise LoragenError(f"{n} was not stored under its content key in {DATA} "
+                                   f"(was it delegated to XNNPACK?)")
+            off, size = ranges[key]
+            if size != len(raw) or blob[off:off + size] != raw:
+                raise LoragenError(f"{DATA}: the data under {n}'s key is not its bytes")
+            slots.append(SwapSlot.of(n, t, DATA, key=key, offset=off))
+        return slots
 
-            gm = ep.module()
-            delegate_external_constants_pass_unlifted(module=gm, gen_tag_fn=tag)
-            ep = _export(gm, max_context)
-            bar.update()
+    def backend_meta(self, job: ExportJob) -> dict:
+        metadata, seq = job.state["metadata"], "seq" if job.all_logits else 1
+        return {
+            "delegate": "xnnpack",
+            "methods": {"forward": {"inputs": ["input_ids", "cache_position"], "outputs": ["logits"]},
+                        **{k: {"constant": v} for k, v in metadata.items()}},
+            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [1, "seq"]},
+                       {"name": "cache_position", "dtype": "int64", "shape": ["seq"]}],
+            "outputs": [{"name": "logits", "dtype": dtype_name(job.dtype),
+                         "shape": [1, seq, job.model.config.vocab_size]}],
+            "logits": "all" if job.all_logits else "last",
+            "kv_cache": "static, in mutable buffers (memory-planned), max_context positions",
+            "files": [PTE, DATA],
+        }
 
-            bar.set_postfix_str("lower (XNNPACK)")
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
+        """A slot's bytes are the data stored under its key in model.ptd (checked against the file's index)."""
+        ranges = _ptd_ranges(root / DATA) if slots else {}
+        out = {}
+        for s in slots:
+            if s.file != DATA or ranges.get(s.key) != (s.offset, s.nbytes):
+                raise slot_corrupt(root, s, f"is not the data stored under its key in {DATA}")
+            out[s.name] = s.offset
+        return out
 
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
-            et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
-            bar.update()
-
-            bar.set_postfix_str("write")
-            with open(tmp / PTE, "wb") as f:
-                et.write_to_file(f)
-            et.write_tensor_data_to_file(str(tmp))
-            written = sorted(p.name for p in tmp.glob("*.ptd"))
-            if written != [DATA]:
-                raise LoragenError(f"executorch export wrote data files {written}, expected [{DATA}]")
-            bar.update()
-
-            bar.set_postfix_str("swap slots")
-            ranges = _ptd_ranges(tmp / DATA)
-            keys_of = {}
-            for n, p in params.items():
-                keys_of.setdefault(hashlib.sha256(tensor_bytes(p.detach())).hexdigest(), set()).add(n)
-            blob = (tmp / DATA).read_bytes()
-            slots = []
-            for n in swap_names:
-                t = params[n].detach()
-                raw = tensor_bytes(t)
-                key = hashlib.sha256(raw).hexdigest()
-                if len(keys_of[key]) > 1:
-                    other = sorted(keys_of[key] - {n})[0]
-                    raise LoragenError(f"swappable tensor {n} has the same bytes as {other} and would share its "
-                                       f"key in {DATA}; re-initialise one of them before export")
-                if key not in ranges:
-                    raise LoragenError(f"{n} was not stored under its content key in {DATA} "
-                                       f"(was it delegated to XNNPACK?)")
-                off, size = ranges[key]
-                if size != len(raw) or blob[off:off + size] != raw:
-                    raise LoragenError(f"{DATA}: the data under {n}'s key is not its bytes")
-                slots.append(make_slot(n, t, DATA, key=key, offset=off))
-            del blob
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
-            meta.update({
-                "quantization": quantize,
-                "delegate": "xnnpack",
-                "methods": {"forward": {"inputs": ["input_ids", "cache_position"], "outputs": ["logits"]},
-                            **{k: {"constant": v} for k, v in metadata.items()}},
-                "inputs": [{"name": "input_ids", "dtype": "int64", "shape": [1, "seq"]},
-                           {"name": "cache_position", "dtype": "int64", "shape": ["seq"]}],
-                "outputs": [{"name": "logits", "dtype": dtype_out(tdtype), "shape": [1, "seq" if all_logits else 1, model.config.vocab_size]}],
-                "logits": "all" if all_logits else "last",
-                "kv_cache": "static, in mutable buffers (memory-planned), max_context positions",
-                "files": [PTE, DATA],
-                "tokenizer_files": copy_tokenizer(Path(model_dir), tmp),
-                "swap_slots": slots,
-            })
-            self._finish_export(tmp, meta)
-            bar.update()
-        return read_artifact(out_dir, self.name)
-
-    def fingerprint(self, artifact_dir, meta) -> str:
-        d = Path(artifact_dir)
-        skip = [(int(s["offset"]), int(s["nbytes"])) for s in meta.get("swap_slots", [])]
-        return sha256_bytes(b"executorch\0", sha256_file(d / PTE).encode(), sha256_file(d / DATA, skip).encode())
-
-    def open_runner(self, artifact_dir, swap=None) -> Runner:
-        art = read_artifact(artifact_dir, self.name)
-        return ExecuTorchRunner(art, check_swap(art, swap))
-
-    def apply_swap(self, artifact_dir, swap, out_dir) -> Artifact:
-        art = read_artifact(artifact_dir, self.name)
-        swap = check_swap(art, swap)
-        if not swap:
-            raise LoragenError("apply_swap needs at least one tensor")
-        with atomic_dir(out_dir) as tmp:
-            self._copy_artifact(art, tmp)
-            slots = _patch_slots(art, swap, tmp / DATA)
-            meta = dict(art.meta)
-            meta["swap_slots"] = slots
-            meta["swapped_from"] = art.meta["fingerprint"]
-            write_artifact_json(tmp, {k: v for k, v in meta.items() if k != "schema"})
-        return read_artifact(out_dir, self.name)
-
-
-def dtype_out(t: torch.dtype) -> str:
-    return str(t).replace("torch.", "")
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        return ExecuTorchRunner(art, swap)
 
 
 def _export(module, max_context: int):

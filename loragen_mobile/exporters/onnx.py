@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
-from ..fsutil import atomic_dir
-from . import (Artifact, Exporter, Runner, check_swap, common_meta, copy_tokenizer,
-               export_steps, make_slot, read_artifact, resolve_precision, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
+from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .pipeline import ExportJob, Exporter
+from .runner import Runner
 
 MODEL = "model.onnx"
 FOUNDATION = "model.onnx.data"
@@ -72,7 +72,7 @@ class ONNXRunner(Runner):
             for name, t in swap.items():
                 a = np.ascontiguousarray(t.numpy())
                 self._keep.append(a)
-                names.append(slots[name]["key"])
+                names.append(slots[name].key)
                 values.append(ort.OrtValue.ortvalue_from_numpy(a))
             so.add_external_initializers(names, values)
         try:
@@ -102,133 +102,109 @@ class ONNXRunner(Runner):
 
 class ONNXExporter(Exporter):
     name = "onnx"
+    fingerprint_files = (MODEL, FOUNDATION)  # the swap slots live in SWAP, outside the fingerprint
 
-    def export(self, model_dir, out_dir, *, max_context=128, quantize=None, targets=None, dtype="fp32",
-               progress=True, adapter=None, all_logits=False) -> Artifact:
-        """``all_logits``: return logits for every input position (default: the last one only)."""
-        from ..models import DEFAULT_TARGET_MODULES
+    def wrap(self, job: ExportJob) -> torch.nn.Module:
+        from .common import PastKVLM
 
-        targets = tuple(targets or DEFAULT_TARGET_MODULES)
-        if quantize is not None:
-            raise LoragenError(f"onnx: unsupported quantization '{quantize}' (only unquantized export is available)")
-        tdtype = resolve_precision(dtype)
-        with atomic_dir(out_dir) as tmp, export_steps(5, "export onnx", progress) as bar:
-            bar.set_postfix_str("load")
-            model, max_context, swap_names, params = self._load_for_export(model_dir, tdtype, max_context, targets, adapter)
-            bar.update()
+        return PastKVLM(job.model, all_logits=job.all_logits).eval()
 
-            bar.set_postfix_str("torch.onnx.export")
-            from .common import PastKVLM
+    def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
+        """torch.onnx.export, then the initializers split into external data (swap slots in SWAP,
+        other large ones in FOUNDATION, each 64-byte aligned), then genai_config.json."""
+        import shutil
 
-            wrapper = PastKVLM(model, all_logits=all_logits).eval()
-            raw = tmp / "raw"
-            raw.mkdir()
-            _onnx_export(wrapper, raw / MODEL, max_context)
-            bar.update()
+        import onnx
+        from onnx.external_data_helper import set_external_data
 
-            bar.set_postfix_str("split external data")
-            import onnx
-            from onnx.external_data_helper import set_external_data
+        raw = job.out / "raw"
+        raw.mkdir()
+        _onnx_export(wrapper, raw / MODEL, job.max_context)
+        proto = onnx.load(str(raw / MODEL), load_external_data=True)
+        names = {i.name for i in proto.graph.initializer}
+        missing = [n for n in job.swap_names if n not in names]
+        if missing:
+            raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
+        swap_names = set(job.swap_names)
+        with open(job.out / FOUNDATION, "wb") as fnd, open(job.out / SWAP, "wb") as swp:
+            for init in proto.graph.initializer:
+                if not init.HasField("raw_data"):
+                    continue
+                is_swap = init.name in swap_names
+                if not is_swap and len(init.raw_data) < INLINE_LIMIT:
+                    continue
+                f, loc = (swp, SWAP) if is_swap else (fnd, FOUNDATION)
+                f.write(b"\0" * ((-f.tell()) % ALIGN))
+                off = f.tell()
+                f.write(init.raw_data)
+                set_external_data(init, location=loc, offset=off, length=len(init.raw_data))
+                init.ClearField("raw_data")
+                init.data_location = onnx.TensorProto.EXTERNAL
+        onnx.save(proto, str(job.out / MODEL))
+        shutil.rmtree(raw)
+        job.state["opset"] = int(proto.opset_import[0].version)
+        _, _, _, head_dim = _dims(job.model.config)
+        (job.out / GENAI).write_text(json.dumps(genai_config(job.model.config, job.max_context, head_dim), indent=2)
+                                     + "\n")
 
-            proto = onnx.load(str(raw / MODEL), load_external_data=True)
-            inits = {i.name: i for i in proto.graph.initializer}
-            missing = [n for n in swap_names if n not in inits]
-            if missing:
-                raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
-            slots = []
-            with open(tmp / FOUNDATION, "wb") as fnd, open(tmp / SWAP, "wb") as swp:
-                for init in proto.graph.initializer:
-                    if not init.HasField("raw_data"):
-                        continue
-                    is_swap = init.name in swap_names
-                    if not is_swap and len(init.raw_data) < INLINE_LIMIT:
-                        continue
-                    f, loc = (swp, SWAP) if is_swap else (fnd, FOUNDATION)
-                    pad = (-f.tell()) % ALIGN
-                    f.write(b"\0" * pad)
-                    off = f.tell()
-                    data = init.raw_data
-                    if is_swap:
-                        t = params[init.name].detach()
-                        if bytes(data) != tensor_bytes(t) or list(init.dims) != list(t.shape):
-                            raise LoragenError(f"initializer {init.name} is not stored as the parameter "
-                                               f"(layout changed); cannot record a swap slot")
-                        slots.append(make_slot(init.name, t, SWAP, key=init.name, offset=off))
-                    f.write(data)
-                    set_external_data(init, location=loc, offset=off, length=len(data))
-                    init.ClearField("raw_data")
-                    init.data_location = onnx.TensorProto.EXTERNAL
-            onnx.save(proto, str(tmp / MODEL))
-            import shutil
+    def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
+        """Each slot is its initializer's external-data range in SWAP, keyed by the parameter name."""
+        import onnx
 
-            shutil.rmtree(raw)
-            order = {n: i for i, n in enumerate(swap_names)}
-            slots.sort(key=lambda s: order[s["name"]])
-            bar.update()
+        proto = onnx.load(str(job.out / MODEL), load_external_data=False)
+        inits = {i.name: i for i in proto.graph.initializer}
+        blob = (job.out / SWAP).read_bytes()
+        slots = []
+        for n in job.swap_names:
+            init, t = inits[n], job.params[n].detach()
+            where = {e.key: e.value for e in init.external_data}
+            off, data = int(where.get("offset", 0)), tensor_bytes(t)
+            if (where.get("location") != SWAP or list(init.dims) != list(t.shape)
+                    or blob[off:off + len(data)] != data or int(where.get("length", -1)) != len(data)):
+                raise LoragenError(f"initializer {n} is not stored as the parameter "
+                                   f"(layout changed); cannot record a swap slot")
+            slots.append(SwapSlot.of(n, t, SWAP, key=n, offset=off))
+        return slots
 
-            bar.set_postfix_str("genai config")
-            cfg = model.config
-            n_layers, n_heads, n_kv, head_dim = _dims(cfg)
-            ins, outs = io_names(n_layers)
-            (tmp / GENAI).write_text(json.dumps(genai_config(cfg, max_context, head_dim), indent=2) + "\n")
-            tok_files = copy_tokenizer(Path(model_dir), tmp)
-            bar.update()
+    def backend_meta(self, job: ExportJob) -> dict:
+        cfg, kvd = job.model.config, dtype_name(job.dtype)
+        n_layers, _, n_kv, head_dim = _dims(cfg)
+        ins, outs = io_names(n_layers)
+        return {
+            "opset": job.state["opset"],
+            "graph_optimized": False,
+            "initializer_names": "Hugging Face parameter names (exported with optimize=False)",
+            "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "kv_dtype": kvd,
+            "inputs": [{"name": n, "dtype": "int64" if i < 3 else kvd} for i, n in enumerate(ins)],
+            "outputs": [{"name": n, "dtype": kvd, **({"shape": [1, "seq" if job.all_logits else 1, cfg.vocab_size]}
+                                                      if n == "logits" else {})} for n in outs],
+            "logits": "all" if job.all_logits else "last",
+            "kv_cache": "past_key_values.{i}.key/value in, present.{i}.key/value out ([1, kv_heads, len, head_dim])",
+            "files": [MODEL, FOUNDATION, SWAP, GENAI],
+            "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
+                           f"{SWAP} at the slot offsets",
+        }
 
-            bar.set_postfix_str("artifact.json")
-            meta = common_meta(model, Path(model_dir), self.name, dtype, max_context, targets, adapter)
-            kvd = str(tdtype).replace("torch.", "")
-            meta.update({
-                "opset": int(proto.opset_import[0].version),
-                "graph_optimized": False,
-                "initializer_names": "Hugging Face parameter names (exported with optimize=False)",
-                "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "kv_dtype": kvd,
-                "inputs": [{"name": n, "dtype": "int64" if i < 3 else kvd} for i, n in enumerate(ins)],
-                "outputs": [{"name": n, "dtype": kvd, **({"shape": [1, "seq" if all_logits else 1, cfg.vocab_size]}
-                                                          if n == "logits" else {})} for n in outs],
-                "logits": "all" if all_logits else "last",
-                "kv_cache": "past_key_values.{i}.key/value in, present.{i}.key/value out ([1, kv_heads, len, head_dim])",
-                "files": [MODEL, FOUNDATION, SWAP, GENAI],
-                "tokenizer_files": tok_files,
-                "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
-                               f"{SWAP} at the slot offsets",
-                "swap_slots": slots,
-            })
-            self._finish_export(tmp, meta)
-            bar.update()
-        return read_artifact(out_dir, self.name)
+    def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
+        """A slot's bytes are its initializer's external-data range (model.onnx's own index)."""
+        import onnx
 
-    def fingerprint(self, artifact_dir, meta) -> str:
-        d = Path(artifact_dir)
-        return sha256_bytes(b"onnx\0", sha256_file(d / MODEL).encode(), sha256_file(d / FOUNDATION).encode())
+        if not slots:
+            return {}
+        try:
+            proto = onnx.load(str(root / MODEL), load_external_data=False)
+        except Exception as e:
+            raise LoragenError(f"cannot read {root / MODEL}: {str(e).splitlines()[0]}") from None
+        where = {i.name: {e.key: e.value for e in i.external_data} for i in proto.graph.initializer}
+        for s in slots:
+            w = where.get(s.key, {})
+            if (s.file != SWAP or w.get("location") != SWAP or w.get("offset", "0") != str(s.offset)
+                    or w.get("length") != str(s.nbytes)):
+                raise slot_corrupt(root, s, f"is not the external data of initializer {s.key} in {SWAP}")
+        return super().slot_offsets(root, slots)  # the recorded offsets, checked to lie inside the file
 
-    def open_runner(self, artifact_dir, swap=None) -> Runner:
-        art = read_artifact(artifact_dir, self.name)
-        return ONNXRunner(art, check_swap(art, swap))
-
-    def apply_swap(self, artifact_dir, swap, out_dir) -> Artifact:
-        art = read_artifact(artifact_dir, self.name)
-        swap = check_swap(art, swap)
-        if not swap:
-            raise LoragenError("apply_swap needs at least one tensor")
-        slots = [dict(s) for s in art.slots]
-        size = art.file(SWAP).stat().st_size
-        with atomic_dir(out_dir) as tmp:
-            self._copy_artifact(art, tmp)
-            with open(tmp / SWAP, "r+b") as f:
-                for s in slots:
-                    if s["name"] not in swap:
-                        continue
-                    data = tensor_bytes(swap[s["name"]])
-                    if s["offset"] + len(data) > size or len(data) != s["nbytes"]:
-                        raise LoragenError(f"swap slot {s['name']} lies outside {art.file(SWAP)}; artifact is corrupt")
-                    f.seek(s["offset"])
-                    f.write(data)
-                    s["sha256"] = sha256_bytes(data)
-            meta = {k: v for k, v in art.meta.items() if k != "schema"}
-            meta["swap_slots"] = slots
-            meta["swapped_from"] = art.meta["fingerprint"]
-            write_artifact_json(tmp, meta)
-        return read_artifact(out_dir, self.name)
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        return ONNXRunner(art, swap)
 
 
 def _dims(cfg):

@@ -1,0 +1,216 @@
+"""Artifact directories: ``artifact.json`` (schema v1) read and written, typed swap slots, digests.
+
+``artifact.json``'s bytes and field names are a contract (docs/exporters.md; the Android and iOS
+apps and the bundle readers read them): :meth:`SwapSlot.to_dict` writes a slot's fields in the
+order the exporters always wrote them, and :func:`write_artifact_json` puts ``schema`` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import LoragenError
+from ..fsutil import read_json_object
+
+ARTIFACT_FILE = "artifact.json"
+ARTIFACT_SCHEMA = "loragen-mobile/artifact/v1"
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_REQUIRED = ("schema", "backend", "model_id", "model_type", "config_hash", "precision", "max_context",
+             "inputs", "outputs", "files", "fingerprint", "swap_slots")
+_SLOT_REQUIRED = ("name", "file", "dtype", "shape", "nbytes", "sha256")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def sha256_bytes(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path, skip: Iterable[tuple[int, int]] = ()) -> str:
+    """sha256 of a file's bytes, with the byte ranges ``(offset, length)`` in ``skip`` left out."""
+    data = bytearray(Path(path).read_bytes())
+    for off, n in sorted(skip, reverse=True):
+        del data[off:off + n]
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- swap slots
+
+
+@dataclass
+class SwapSlot:
+    """One swappable tensor of an artifact: the HF parameter ``name``, where the backend keeps its
+    bytes (``file`` + data ``key`` and/or absolute byte ``offset``, plus backend-specific locator
+    fields in ``extra``, e.g. Core ML's ``header_offset``), and what they hold."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    sha256: str
+    key: str | None = None
+    offset: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, t: torch.Tensor, file: str, *, key: str | None = None, offset: int | None = None,
+           **extra: Any) -> "SwapSlot":
+        """The slot of tensor ``t`` as exported (its sha256 is that of its bytes)."""
+        return cls(name, file, dtype_name(t.dtype), list(t.shape), t.numel() * t.element_size(),
+                   sha256_bytes(tensor_bytes(t)), key, offset, dict(extra))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SwapSlot":
+        known = {"name", "file", "dtype", "shape", "nbytes", "sha256", "key", "offset"}
+        return cls(d["name"], d["file"], d["dtype"], list(d["shape"]), d["nbytes"], d["sha256"],
+                   d.get("key"), d.get("offset"), {k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        """The artifact.json object (field order as always written: name, file, locator, description)."""
+        where = {k: v for k, v in (("key", self.key), ("offset", self.offset)) if v is not None}
+        return {"name": self.name, "file": self.file, **where, **self.extra, "dtype": self.dtype,
+                "shape": list(self.shape), "nbytes": self.nbytes, "sha256": self.sha256}
+
+    # read-only mapping access (``slot["name"]``), as when slots were plain dicts
+    def __getitem__(self, k: str) -> Any:
+        d = self.to_dict()
+        if k not in d:
+            raise KeyError(k)
+        return d[k]
+
+    def get(self, k: str, default: Any = None) -> Any:
+        return self.to_dict().get(k, default)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    def tensor(self, data: bytes) -> torch.Tensor:
+        """The slot's bytes as a tensor of its dtype and shape."""
+        return torch.frombuffer(bytearray(data), dtype=self.torch_dtype).reshape(self.shape)
+
+
+# --------------------------------------------------------------------------- artifact
+
+
+@dataclass
+class Artifact:
+    """An exported artifact directory and its parsed ``artifact.json`` (``meta``, as read), with
+    typed swap slots (``slots``)."""
+
+    path: Path
+    meta: dict
+    slots: list[SwapSlot] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        self.slots = [SwapSlot.from_dict(s) for s in self.meta.get("swap_slots", [])]
+
+    @property
+    def backend(self) -> str:
+        return self.meta["backend"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def slot_map(self) -> dict[str, SwapSlot]:
+        return {s.name: s for s in self.slots}
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -> Artifact:
+    """Parse and sanity-check an artifact directory; every problem is a one-line LoragenError."""
+    d = Path(artifact_dir)
+    if not d.is_dir():
+        raise LoragenError(f"artifact directory {d} does not exist")
+    f = d / ARTIFACT_FILE
+    if not f.is_file():
+        raise LoragenError(f"{d} is not an exported artifact: {ARTIFACT_FILE} is missing")
+    meta = read_json_object(f)
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise LoragenError(f"{f} is missing field(s) {', '.join(missing)}")
+    if meta["schema"] != ARTIFACT_SCHEMA:
+        raise LoragenError(f"{f} has schema '{meta['schema']}', expected '{ARTIFACT_SCHEMA}'")
+    if not isinstance(meta["swap_slots"], list) or not all(isinstance(s, dict) for s in meta["swap_slots"]):
+        raise LoragenError(f"{f}: swap_slots must be a list of objects")
+    for s in meta["swap_slots"]:
+        miss = [k for k in _SLOT_REQUIRED if k not in s]
+        if miss:
+            raise LoragenError(f"{f}: swap slot {s.get('name', '?')} is missing {', '.join(miss)}")
+        if s["dtype"] not in TORCH_DTYPES:
+            raise LoragenError(f"{f}: swap slot {s['name']} has unknown dtype {s['dtype']}")
+    if backend is not None and meta["backend"] != backend:
+        raise LoragenError(f"{d} is a '{meta['backend']}' artifact, not '{backend}'")
+    for name in meta["files"]:
+        if not (d / name).exists():
+            raise LoragenError(f"artifact {d} is incomplete: {name} is missing")
+    return Artifact(d, meta)
+
+
+def as_artifact(artifact: "Artifact | str | os.PathLike", backend: str | None = None) -> Artifact:
+    """``artifact`` itself when it is already read (checked to be of ``backend``), else :func:`read_artifact`."""
+    if isinstance(artifact, Artifact):
+        if backend is not None and artifact.backend != backend:
+            raise LoragenError(f"{artifact.path} is a '{artifact.backend}' artifact, not '{backend}'")
+        return artifact
+    return read_artifact(artifact, backend)
+
+
+def write_artifact_json(d: Path, meta: dict) -> None:
+    meta = {"schema": ARTIFACT_SCHEMA, **meta}
+    (d / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def check_swap(artifact: Artifact, swap: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Check names, shapes and dtypes of a swap against the artifact's slots; returns contiguous CPU tensors."""
+    if not swap:
+        return {}
+    if not isinstance(swap, dict):
+        raise LoragenError("swap must map parameter names to tensors")
+    slots = artifact.slot_map
+    out = {}
+    for name, t in swap.items():
+        if name not in slots:
+            known = ", ".join(list(slots)[:3])
+            raise LoragenError(f"'{name}' is not a swap slot of {artifact.path} (slots look like {known}, ...)")
+        if not isinstance(t, torch.Tensor):
+            raise LoragenError(f"swap value for {name} is a {type(t).__name__}, not a tensor")
+        s = slots[name]
+        if list(t.shape) != list(s.shape):
+            raise LoragenError(f"swap tensor {name} has shape {list(t.shape)}, slot expects {s.shape}")
+        if dtype_name(t.dtype) != s.dtype:
+            raise LoragenError(f"swap tensor {name} has dtype {dtype_name(t.dtype)}, slot expects {s.dtype}")
+        if not torch.isfinite(t).all():
+            raise LoragenError(f"swap tensor {name} holds NaN or inf")
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def slot_corrupt(root: Path, slot: SwapSlot, why: str) -> LoragenError:
+    """The one error for stored slot bytes that are not where or what artifact.json says."""
+    return LoragenError(f"artifact {root}: swap slot {slot.name} {why}; artifact is corrupt")

@@ -1,0 +1,395 @@
+"""The exporter base class: one fixed export pipeline and one swap implementation for every backend.
+
+``Exporter.export`` runs, inside an atomic output directory (renamed into place only on success)::
+
+    load -> wrap -> quantize -> lower -> locate slots -> finish
+
+``load`` (the model, the swap parameter names, an optional unmerged PEFT adapter) and ``finish``
+(common + backend metadata, tokenizer copy, fingerprint, artifact.json) are shared; a backend
+implements the hooks in between (docs/extending-backend.md):
+
+* :meth:`Exporter.wrap` -> the ``torch.nn.Module`` to export (a wrapper of :mod:`.common`);
+* :meth:`Exporter.quantize` -> the wrapper, quantized (today every backend refuses a scheme);
+* :meth:`Exporter.lower` -> writes the backend files into the output directory;
+* :meth:`Exporter.locate_slots` -> one :class:`SwapSlot` per swappable parameter, checked against
+  the stored bytes;
+* :meth:`Exporter.backend_meta` -> the backend's artifact.json fields (``files`` among them);
+* ``fingerprint_files`` (or :meth:`Exporter.fingerprint`) and :meth:`Exporter.slot_offsets`
+  (where a slot's bytes are, checked against the backend's own index of the file);
+* :meth:`Exporter.make_runner` -> a :class:`Runner`.
+
+:meth:`Exporter.apply_swap` and :meth:`Exporter.read_swap_tensors` are implemented once, here, on
+top of :meth:`read_slot_bytes` / :meth:`write_slot_bytes` (byte ranges at :meth:`slot_offsets`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import LoragenError
+from ..fsutil import atomic_dir
+from .artifact import (Artifact, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes, sha256_file,
+                       slot_corrupt, tensor_bytes, write_artifact_json)
+from .metadata import common_meta, copy_tokenizer
+from .runner import Runner
+from .validation import (THRESHOLDS, VALIDATION_PROMPT, ValidationReport, check_fingerprint, check_identity,
+                         check_logits)
+
+# backend name -> module under loragen_mobile.exporters defining EXPORTER
+_BACKENDS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+#: the pipeline's steps, in order (also the progress bar's labels)
+STEPS = ("load", "wrap", "quantize", "lower", "swap slots", "artifact.json")
+
+
+@dataclass
+class ExportJob:
+    """What one export works on, handed from hook to hook."""
+
+    model_dir: Path
+    out: Path  # the temporary output directory (renamed to the real one on success)
+    model: torch.nn.Module
+    precision: str  # "fp32" / "fp16": the stored weights' precision
+    max_context: int
+    targets: tuple[str, ...]
+    swap_names: list[str]  # parameter names of the swap slots, in slot order
+    params: dict[str, torch.Tensor]  # every parameter by name (duplicates kept)
+    adapter: Any = None
+    quantize: str | None = None
+    all_logits: bool = False
+    state: dict[str, Any] = field(default_factory=dict)  # a backend's own values between hooks
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+
+class Exporter:
+    """Base of every backend: the fixed export pipeline and the swap, over the backend's hooks."""
+
+    name: str = ""
+    default_max_context = 128
+    #: precision names this backend accepts, and the one used when none is given
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    default_precision = "fp32"
+    #: dtype the model is loaded in (None: the export precision's)
+    load_dtype: torch.dtype | None = None
+    #: quantization schemes :meth:`quantize` implements (None = unquantized)
+    quantizations: tuple[str | None, ...] = (None,)
+    #: files digested, in order, by :meth:`fingerprint` (swap-slot byte ranges left out)
+    fingerprint_files: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ the export pipeline
+
+    def export(self, model_dir, out_dir, *, max_context: int = 128, quantize: str | None = None,
+               targets=None, dtype: str | None = None, progress: bool = True, adapter=None,
+               all_logits: bool = False) -> Artifact:
+        """Export ``model_dir`` to the artifact directory ``out_dir``.
+
+        ``adapter``: a PEFT adapter kept UNMERGED in the graph (extra LoRA matmuls per target
+        module), the conventional LoRA deployment that the speedup benchmark compares against; its
+        swap slots are the base weights under the LoRA. ``all_logits``: the graph returns logits for
+        every input position (default: the last one only)."""
+        from ..models import DEFAULT_TARGET_MODULES
+
+        targets = tuple(targets or DEFAULT_TARGET_MODULES)
+        precision = self.check_precision(dtype or self.default_precision)
+        if quantize not in self.quantizations:
+            raise self._unsupported_quantization(quantize)
+        with atomic_dir(out_dir) as tmp, export_steps(len(STEPS), f"export {self.name}", progress) as bar:
+            def step(i: int) -> None:
+                if i:
+                    bar.update()
+                bar.set_postfix_str(STEPS[i])
+
+            step(0)
+            job = self.load(model_dir, tmp, precision, max_context, targets, adapter, quantize, all_logits)
+            step(1)
+            wrapper = self.wrap(job)
+            step(2)
+            wrapper = self.quantize(job, wrapper)
+            step(3)
+            self.lower(job, wrapper)
+            step(4)
+            slots = self.locate_slots(job)
+            step(5)
+            self.finish(job, slots)
+            bar.update()
+        return read_artifact(out_dir, self.name)
+
+    def check_precision(self, precision: str) -> str:
+        if precision not in self.precisions:
+            raise LoragenError(f"{self.name}: unknown precision '{precision}'; use one of {', '.join(self.precisions)}")
+        return precision
+
+    def load(self, model_dir, out: Path, precision: str, max_context: int, targets, adapter=None,
+             quantize: str | None = None, all_logits: bool = False) -> ExportJob:
+        """The export's first step: the model, its max context checked, the swap parameter names."""
+        from ..models import load_model
+
+        model = load_model(model_dir, dtype=self.load_dtype or PRECISIONS[precision])
+        max_context = check_max_context(max_context, model)
+        swap_names = swap_param_names(model, targets)
+        if adapter is not None:
+            from peft import PeftModel
+
+            from ..lora import load_peft_adapter
+
+            lora_modules = set(load_peft_adapter(adapter).factors)  # validates the adapter first
+            model = PeftModel.from_pretrained(model, str(adapter)).get_base_model().eval()
+            swap_names = [n.replace(".weight", ".base_layer.weight") if n[: -len(".weight")] in lora_modules else n
+                          for n in swap_names]
+        return ExportJob(Path(model_dir), out, model, precision, max_context, targets, swap_names,
+                         dict(model.named_parameters(remove_duplicate=False)), adapter, quantize, all_logits)
+
+    def wrap(self, job: ExportJob) -> torch.nn.Module:
+        """Hook: the module to export (a wrapper of :mod:`loragen_mobile.exporters.common`)."""
+        raise NotImplementedError
+
+    def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
+        """Hook: the wrapper with ``job.quantize`` applied. No backend quantizes yet: anything but
+        ``None`` is refused (before loading, by ``quantizations``, and here)."""
+        if job.quantize is not None:
+            raise self._unsupported_quantization(job.quantize)
+        return wrapper
+
+    def _unsupported_quantization(self, scheme) -> LoragenError:
+        return LoragenError(f"{self.name}: unsupported quantization '{scheme}' (only unquantized export is available)")
+
+    def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
+        """Hook: convert ``wrapper`` and write the backend files into ``job.out``."""
+        raise NotImplementedError
+
+    def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
+        """Hook: a :class:`SwapSlot` for each of ``job.swap_names`` (in that order), each checked to
+        hold exactly the parameter's bytes in the written files."""
+        raise NotImplementedError
+
+    def backend_meta(self, job: ExportJob) -> dict:
+        """Hook: the backend's artifact.json fields (``inputs``, ``outputs``, ``files``, ...), in the
+        order they are written; ``tokenizer_files`` follows ``files``."""
+        raise NotImplementedError
+
+    def finish(self, job: ExportJob, slots: list[SwapSlot]) -> None:
+        """The export's last step: metadata, tokenizer files, fingerprint, then artifact.json."""
+        meta = common_meta(job.model, job.model_dir, self.name, job.precision, job.max_context, job.targets,
+                           job.adapter)
+        meta["quantization"] = job.quantize
+        backend = self.backend_meta(job)
+        if "files" not in backend:
+            raise LoragenError(f"{self.name}: backend metadata names no files")  # pragma: no cover - a bug
+        for k, v in backend.items():
+            meta[k] = v
+            if k == "files":
+                meta["tokenizer_files"] = copy_tokenizer(job.model_dir, job.out)
+        meta["swap_slots"] = [s.to_dict() for s in slots]
+        meta["fingerprint"] = self.fingerprint(job.out, meta)
+        write_artifact_json(job.out, meta)
+
+    # ------------------------------------------------------------------ fingerprint
+
+    def fingerprint(self, artifact_dir, meta: dict) -> str:
+        """sha256 over ``fingerprint_files`` with every swap slot's byte range left out: two
+        artifacts with the same fingerprint differ at most in their swap slots."""
+        d = Path(artifact_dir)
+        slots = [s if isinstance(s, SwapSlot) else SwapSlot.from_dict(s) for s in meta.get("swap_slots", [])]
+        parts = [f"{self.name}\0".encode()]
+        for f in self.fingerprint_files:
+            skip = [(int(s.offset), int(s.nbytes)) for s in slots if s.file == f]
+            parts.append(sha256_file(d / f, skip).encode())
+        return sha256_bytes(*parts)
+
+    # ------------------------------------------------------------------ slot bytes
+
+    def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
+        """Hook: slot name -> absolute byte offset of its bytes in ``root / slot.file``, checked
+        against the backend's own index of that file. The default: the recorded ``offset``, which
+        must lie inside the file."""
+        sizes: dict[str, int] = {}
+        out = {}
+        for s in slots:
+            if s.file not in sizes:
+                sizes[s.file] = (root / s.file).stat().st_size
+            if not isinstance(s.offset, int) or s.offset < 0 or s.offset + s.nbytes > sizes[s.file]:
+                raise slot_corrupt(root, s, f"lies outside {s.file}")
+            out[s.name] = s.offset
+        return out
+
+    def read_slot_bytes(self, root: Path, slots: list[SwapSlot]) -> dict[str, bytes]:
+        """Hook: the stored bytes of each slot under the artifact directory ``root``."""
+        offsets = self.slot_offsets(root, slots)
+        out = {}
+        for file, group in _by_file(slots):
+            with open(root / file, "rb") as f:
+                for s in group:
+                    f.seek(offsets[s.name])
+                    out[s.name] = f.read(s.nbytes)
+        return out
+
+    def write_slot_bytes(self, root: Path, slots: list[SwapSlot], data: dict[str, bytes]) -> None:
+        """Hook: write ``data[name]`` (exactly ``nbytes``) over each named slot's bytes in place."""
+        chosen = [s for s in slots if s.name in data]
+        offsets = self.slot_offsets(root, chosen)
+        for file, group in _by_file(chosen):
+            with open(root / file, "r+b") as f:
+                for s in group:
+                    if len(data[s.name]) != s.nbytes:
+                        raise slot_corrupt(root, s, f"holds {s.nbytes} bytes, not {len(data[s.name])}")
+                    f.seek(offsets[s.name])
+                    f.write(data[s.name])
+
+    def verified_slot_bytes(self, root: Path, slots: list[SwapSlot], shown: Path | None = None) -> dict[str, bytes]:
+        """:meth:`read_slot_bytes`, each checked against the slot's recorded size and sha256
+        (errors name ``shown``, e.g. the source of a copy, instead of ``root``)."""
+        data = self.read_slot_bytes(root, slots)
+        for s in slots:
+            b = data[s.name]
+            if len(b) != s.nbytes or sha256_bytes(b) != s.sha256:
+                raise slot_corrupt(shown or root, s, "does not hold the bytes artifact.json records")
+        return data
+
+    # ------------------------------------------------------------------ swap (once, for every backend)
+
+    def swap_slots(self, artifact: Artifact | str | os.PathLike) -> list[SwapSlot]:
+        return list(as_artifact(artifact, self.name).slots)
+
+    def read_swap_tensors(self, artifact: Artifact | str | os.PathLike) -> dict[str, torch.Tensor]:
+        """The values stored in every swap slot, each checked against its sha256."""
+        art = as_artifact(artifact, self.name)
+        data = self.verified_slot_bytes(art.path, art.slots)
+        return {s.name: s.tensor(data[s.name]) for s in art.slots}
+
+    def apply_swap(self, artifact: Artifact | str | os.PathLike, swap: dict[str, torch.Tensor], out_dir) -> Artifact:
+        """A new artifact directory ``out_dir``: the artifact with ``swap``'s tensors written into
+        their slots. Read -> check -> copy -> patch -> re-verify every slot's sha256 -> artifact.json,
+        all in a temporary directory renamed into place on success (nothing is left on error)."""
+        art = as_artifact(artifact, self.name)
+        swap = check_swap(art, swap)
+        if not swap:
+            raise LoragenError("apply_swap needs at least one tensor")
+        new = {name: tensor_bytes(t) for name, t in swap.items()}
+        self.slot_offsets(art.path, art.slots)  # every slot is where artifact.json says, before any copy
+        with atomic_dir(out_dir) as tmp:
+            copy_tree(art.path, tmp)
+            self.write_slot_bytes(tmp, art.slots, new)
+            raw = [dict(d, sha256=sha256_bytes(new[d["name"]])) if d["name"] in new else dict(d)
+                   for d in art.meta["swap_slots"]]
+            self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw], shown=art.path)
+            meta = {k: v for k, v in art.meta.items() if k != "schema"}
+            meta["swap_slots"] = raw
+            meta["swapped_from"] = art.meta["fingerprint"]
+            write_artifact_json(tmp, meta)
+        return read_artifact(out_dir, self.name)
+
+    # ------------------------------------------------------------------ run and validate
+
+    def open_runner(self, artifact: Artifact | str | os.PathLike, swap: dict[str, torch.Tensor] | None = None) -> Runner:
+        """A host runner for the artifact, ``swap`` applied at load (nothing written)."""
+        art = as_artifact(artifact, self.name)
+        return self.make_runner(art, check_swap(art, swap))
+
+    def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
+        """Hook: the backend's :class:`Runner` for ``art`` with the checked ``swap`` applied at load."""
+        raise NotImplementedError
+
+    def validate(self, artifact: Artifact | str | os.PathLike, model_dir, *, steps: int = 8) -> ValidationReport:
+        """Identity and fingerprint checks, then the backend's own (:meth:`validate_backend`)."""
+        from ..models import load_model
+
+        art = as_artifact(artifact, self.name)
+        model = load_model(model_dir, dtype=torch.float32)
+        report = ValidationReport(str(art.path), self.name, art.meta["precision"])
+        check_identity(report, art, Path(model_dir), model)
+        check_fingerprint(report, self, art)
+        self.validate_backend(report, art, model, steps)
+        return report
+
+    def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
+        """Hook: by default, prefill + ``steps`` decode logits vs eager PyTorch on the host runner."""
+        threshold = THRESHOLDS.get(art.meta.get("quantization") or art.meta["precision"], THRESHOLDS["fp32"])
+        prompt = VALIDATION_PROMPT[: max(1, min(len(VALIDATION_PROMPT), art.meta["max_context"] - steps - 1))]
+        check_logits(report, self.open_runner(art), model, prompt, steps, threshold)
+
+
+def graph_name(param: str) -> str:
+    """A parameter's name as torch.export spells it in a graph (``p_<name with _ for .>``, less ``p_``)."""
+    return param.replace(".", "_")
+
+
+def _by_file(slots: Iterable[SwapSlot]) -> list[tuple[str, list[SwapSlot]]]:
+    groups: dict[str, list[SwapSlot]] = {}
+    for s in slots:
+        groups.setdefault(s.file, []).append(s)
+    return list(groups.items())
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy the contents of the directory ``src`` into the existing directory ``dst``."""
+    for item in src.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+
+
+def read_swap_tensors(artifact: Artifact | str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The values stored in every swap slot of any artifact, checked against their sha256
+    (dispatches on the recorded backend)."""
+    art = as_artifact(artifact)
+    return get_exporter(art.backend).read_swap_tensors(art)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def available_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_exporter(name: str) -> Exporter:
+    """The exporter registered under ``name`` ("executorch", "onnx" or "coreml")."""
+    if name not in _BACKENDS:
+        raise LoragenError(f"unknown backend '{name}'; available: {', '.join(_BACKENDS)}")
+    mod = importlib.import_module(f"{__package__}.{_BACKENDS[name]}")
+    return mod.EXPORTER
+
+
+# --------------------------------------------------------------------------- export helpers
+
+
+def export_steps(total: int, desc: str, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
+
+
+def resolve_precision(dtype: str) -> torch.dtype:
+    if dtype not in PRECISIONS:
+        raise LoragenError(f"unknown precision '{dtype}'; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[dtype]
+
+
+def check_max_context(max_context: int, model) -> int:
+    mc = int(max_context)
+    limit = int(getattr(model.config, "max_position_embeddings", 1 << 20))
+    if mc < 8 or mc > limit:
+        raise LoragenError(f"max context must lie in [8, {limit}], got {mc}")
+    return mc
+
+
+def swap_param_names(model, targets) -> list[str]:
+    from ..models import target_module_names
+
+    names = [f"{m}.weight" for m in target_module_names(model, targets)]
+    if not names:
+        raise LoragenError(f"no swappable modules match targets {list(targets)}")
+    return names
