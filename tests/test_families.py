@@ -135,7 +135,7 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
     merged.eval()
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
-    base_toks = Reference(base).generate(LONG_PROMPT, 8)
+    base_logits = Reference(base).step(LONG_PROMPT)[-1]
     for backend in ("executorch", "onnx"):
         art = family_artifacts(backend, preset)
         exp = get_exporter(backend)
@@ -149,7 +149,8 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
             out = tmp_path / f"{backend}-{kind}"
             apply_bundle(build_bundle(art, slot_ad, kind, private_key=key), art, out, pub)
             _check_long(exp.open_runner(out), want)
-        assert Reference(want).generate(LONG_PROMPT, 8) != base_toks  # the swap changes the output
+        # the swap changes the output
+        assert float((Reference(want).step(LONG_PROMPT)[-1] - base_logits).abs().max()) > 1e-2
     # the full adapter (attention projections too) merged by the project equals PEFT's merge
     ours = lora.merge_into_model(copy.deepcopy(base), ad)
     ids = torch.tensor([LONG_PROMPT])

@@ -133,13 +133,14 @@ class _DecoderBase(nn.Module):
         return {key: (rot(h, positions) if key is None else rot(h, positions, key))
                 for key in dict.fromkeys(self.rope_key)}
 
-    def _masks(self, allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, to_mask) -> dict:
-        """Mask per window (``None``: the causal one); a sliding layer also drops keys at or before
-        ``query position - window`` (transformers' ``sliding_window_overlay``)."""
-        masks = {None: to_mask(allowed)}
+    def _masks(self, mask: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, neg: torch.Tensor) -> dict:
+        """Mask per window (``None``: the causal ``mask``); a sliding layer also masks (with ``neg``) keys
+        at or before ``query position - window`` (transformers' ``sliding_window_overlay``). Written
+        with ``torch.where`` on the causal mask, no boolean ``&`` (coremltools has no converter for it)."""
+        masks = {None: mask}
         for w in dict.fromkeys(self.window):
             if w is not None:
-                masks[w] = to_mask(allowed & (k_pos[None, :] > q_pos[:, None] - w))
+                masks[w] = torch.where((k_pos[None, :] > q_pos[:, None] - w)[None, None], mask, neg)
         return masks
 
     def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -231,8 +232,8 @@ class StaticCacheLM(_DecoderBase):
         h = self.model.embed_tokens(input_ids)
         ropes = self._ropes(h, cache_position.unsqueeze(0))
         keys = torch.arange(self.max_context, dtype=cache_position.dtype)
-        masks = self._masks(keys[None, :] <= cache_position[:, None], cache_position, keys,
-                            lambda allowed: self._additive(allowed, h.dtype))
+        masks = self._masks(self._additive(keys[None, :] <= cache_position[:, None], h.dtype), cache_position, keys,
+                            torch.full((), torch.finfo(h.dtype).min, dtype=h.dtype))
         if self.update != "index_copy":
             hit = (keys[:, None] == cache_position[None, :]).to(h.dtype)  # [T, s]
             onehot_t = hit[None, None]
@@ -290,8 +291,8 @@ class StatefulCoreMLLM(_DecoderBase):
         neg = torch.finfo(torch.float16).min
         spread = (torch.arange(end, dtype=torch.long)[:, None] == keys[None, :]).to(h.dtype)  # [end, T]
         user = torch.matmul(causalMask.to(h.dtype).clamp(min=neg), spread)  # [1, 1, q, T]
-        masks = self._masks(keys[None, :] <= positions[:, None], positions, keys,
-                            lambda allowed: torch.where(allowed, user, torch.full((), neg, dtype=h.dtype)))
+        neg_t = torch.full((), neg, dtype=h.dtype)
+        masks = self._masks(torch.where(keys[None, :] <= positions[:, None], user, neg_t), positions, keys, neg_t)
         new_k, new_v = [], []
         for i in range(self.n_layers):
             layer = self.model.layers[i]
@@ -322,7 +323,8 @@ class PastKVLM(_DecoderBase):
         total = attention_mask.shape[1]
         keys = torch.arange(total, dtype=position_ids.dtype)
         allowed = (keys[None, :] <= position_ids[0][:, None]) & (attention_mask[0][None, :] > 0)
-        masks = self._masks(allowed, position_ids[0], keys, lambda a: self._additive(a, h.dtype))
+        masks = self._masks(self._additive(allowed, h.dtype), position_ids[0], keys,
+                            torch.full((), torch.finfo(h.dtype).min, dtype=h.dtype))
         present = []
         for i in range(self.n_layers):
             layer = self.model.layers[i]
