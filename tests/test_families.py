@@ -131,8 +131,8 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
     fam = families.get_family(base.config.model_type)
     ad = lora.random_adapter(base, target_module_names(base, fam.target_modules), r=8, alpha=16, seed=5, std=0.1)
     lora.save_peft_adapter(ad, tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(load_model(md, dtype=torch.float32), str(tmp_path / "adapter")).merge_and_unload()
-    merged.eval()
+    merged = PeftModel.from_pretrained(load_model(md, dtype=torch.float32), str(tmp_path / "adapter"))
+    merged = merged.merge_and_unload().eval()
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
     base_logits = Reference(base).step(LONG_PROMPT)[-1]
@@ -199,8 +199,9 @@ def _unusual_configs():
         "qwen2-partial-sliding": Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=2,
                                              tie_word_embeddings=True),
         "qwen3-bias": Qwen3Config(**small, attention_bias=True),
-        "gemma3-softcaps": Gemma3TextConfig(**small, query_pre_attn_scalar=16, sliding_window=8, sliding_window_pattern=2,
-                                            attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
+        "gemma3-softcaps": Gemma3TextConfig(**small, query_pre_attn_scalar=16, sliding_window=8,
+                                            sliding_window_pattern=2, attn_logit_softcapping=20.0,
+                                            final_logit_softcapping=15.0),
         "gemma2-query-scalar": Gemma2Config(**small, query_pre_attn_scalar=40, sliding_window=8,
                                             attn_logit_softcapping=20.0, final_logit_softcapping=10.0),
     }
