@@ -182,11 +182,19 @@ def load_tokenizer(model_dir: str | os.PathLike):
     return tok
 
 
-def target_module_names(model: PreTrainedModel, targets=DEFAULT_TARGET_MODULES) -> list[str]:
-    """Fully qualified Linear module names (e.g. ``model.layers.0.mlp.up_proj``) for LoRA targets."""
-    bad = [t for t in targets if t not in KNOWN_TARGET_MODULES]
+def target_module_names(model: PreTrainedModel, targets=None) -> list[str]:
+    """Fully qualified Linear module names (e.g. ``model.layers.0.mlp.up_proj``) for LoRA targets.
+
+    ``targets`` (short names) default to the model family's ``default_targets`` and must be among its
+    ``target_modules`` (:mod:`loragen_mobile.families`)."""
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    fam = families.families().get(mt)
+    known = fam.target_modules if fam else KNOWN_TARGET_MODULES
+    if targets is None:
+        targets = fam.default_targets if fam else DEFAULT_TARGET_MODULES
+    bad = [t for t in targets if t not in known]
     if bad:
-        raise LoragenError(f"unknown target module(s) {bad}; known: {', '.join(KNOWN_TARGET_MODULES)}")
+        raise LoragenError(f"unknown target module(s) {bad}; known: {', '.join(known)}")
     names = [
         n for n, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets and ".layers." in f".{n}"

@@ -169,3 +169,59 @@ def prompt_text(system, user_input: str) -> str:
     """The training layout written out independently of the chat template (a test oracle):
     system "\n" input "\n", the system part optional; the template adds BOS in front."""
     return (f"{system}\n" if system else "") + f"{user_input}\n"
+
+
+# ------------------------------------------------------------------ every model family
+# The tiny presets of the families added after llama/gemma (tests/test_families.py), each saved once
+# with random weights whose greedy continuations are printable ASCII (so the stock ExecuTorch runner
+# can hand every token to Python as text) and exported once per backend, shared.
+
+FAMILY_PRESETS = ("tiny-llama3", "tiny-qwen2", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3")
+FAMILY_MAX_CTX = 80
+
+
+def make_family_model_dir(model, out: Path, seed: int = 7) -> Path:
+    """Save ``model`` with larger random weights (2-D: std 0.15; norms around their identity, 1 for
+    ``w`` norms and 0 for Gemma's ``1 + w`` ones; biases std 0.1) and the byte tokenizer. Rows of
+    ``lm_head`` of tokens that are not printable ASCII are zeroed, so greedy decoding emits text."""
+    from loragen_mobile.models import save_tokenizer
+
+    tok = build_tokenizer()
+    gemma = model.config.model_type.startswith("gemma")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (0.0 if gemma else 1.0))
+        printable = {tok(chr(c), add_special_tokens=False).input_ids[0] for c in range(32, 127)}
+        keep = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        keep[sorted(printable)] = True
+        model.lm_head.weight[~keep] = 0.0  # tied presets: the embedding rows too (never used by ASCII prompts)
+    model.save_pretrained(out)
+    save_tokenizer(tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {p: make_family_model_dir(build_model(p, seed=3), root / f"model-{p}") for p in FAMILY_PRESETS}
+
+
+@pytest.fixture(scope="session")
+def family_artifacts(tmp_path_factory, family_dirs):
+    root = tmp_path_factory.mktemp("family-artifacts")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(backend: str, preset: str) -> Path:
+        if (backend, preset) not in cache:
+            out = root / f"{backend}-{preset}"
+            get_exporter(backend).export(family_dirs[preset], out, max_context=FAMILY_MAX_CTX, progress=False)
+            cache[(backend, preset)] = out
+        return cache[(backend, preset)]
+
+    return get

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def add_arguments(p):
     p.add_argument("--presets", default="tiny-llama,tiny-gemma",
-                   help="comma-separated presets (tiny-llama, tiny-gemma, tinyllama-1.1b, gemma-2b)")
+                   help="comma-separated presets (any of `loragen init-model --help`, e.g. tiny-llama, tiny-qwen3)")
     p.add_argument("--backends", default="executorch,onnx")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-context", type=int, default=128)

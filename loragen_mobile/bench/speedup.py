@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def add_arguments(p):
-    p.add_argument("--preset", default="tiny-llama", help="edge preset (tiny-llama, tiny-gemma, tinyllama-1.1b, gemma-2b)")
+    p.add_argument("--preset", default="tiny-llama", help="edge preset (any of `loragen init-model --help`, e.g. tiny-llama, tiny-gemma2)")
     p.add_argument("--prompt-tokens", default="100,250,500,1000,2000", help="system prompt lengths (comma-separated)")
     p.add_argument("--input-tokens", type=int, default=16, help="user input length")
     p.add_argument("--answer-tokens", type=int, default=16, help="decoded answer length for the end-to-end time")

@@ -37,7 +37,9 @@ FAMILY = Family(
     config_class="Gemma3TextConfig",
     description="Gemma 3 text: 5:1 sliding/global layers, per-kind rotary tables, q/k norm",
     activation_field="hidden_activation",
-    attention=Attention(qkv_bias="attention_bias", qk_norm=True, sliding_window=True, logit_softcap=True,
+    # No attention soft-capping: transformers' Gemma3Attention keeps attn_logit_softcapping but never
+    # passes it to the attention function, so the eager model (the reference) does not apply it.
+    attention=Attention(qkv_bias="attention_bias", qk_norm=True, sliding_window=True,
                         scale="query_pre_attn_scalar", per_layer_rope=True),
     sandwich_norm=True,
     final_logit_softcap=True,

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import from_mapping
 from ..errors import LoragenError
+from ..families import family_of
 from ..models import target_module_names
 
 
@@ -182,11 +183,15 @@ class EdgeLayout:
 
     @classmethod
     def of(cls, edge: nn.Module, targets) -> "EdgeLayout":
+        """The layout of ``targets`` in ``edge`` (empty/``None``: the edge family's ``default_targets``;
+        each must be one of the family's ``target_modules``)."""
+        targets = tuple(targets or family_of(edge.config).default_targets)
+
         mods = dict(edge.named_modules())
         shapes: dict[str, tuple[int, int]] = {}
         names: dict[str, str] = {}
         layers = set()
-        for full in target_module_names(edge, tuple(targets)):
+        for full in target_module_names(edge, targets):
             m = _LAYER_RE.search(full)
             if not m:
                 continue
