@@ -12,12 +12,9 @@ EXAMPLES = """
 def register(sub):
     p = add_verb(sub, "export", "export a model to ExecuTorch (.pte/.ptd), ONNX or Core ML with a KV cache",
                  EXAMPLES)
-<<<<<<< HEAD
-    p.add_argument("--model", required=True, help="a Hugging Face model directory or a Hub id in the local cache (llama, gemma, gemma2, gemma3_text, qwen2, qwen3)")
-=======
     p.add_argument("--model", required=True,
-                   help="Hugging Face model directory (llama, gemma, gemma2, gemma3_text, qwen2, qwen3)")
->>>>>>> families
+                   help="a Hugging Face model directory or a Hub id in the local cache "
+                        "(llama, gemma, gemma2, gemma3_text, qwen2, qwen3)")
     p.add_argument("--out", required=True, help="new artifact directory to create (must not exist)")
     src = p.add_argument_group("what to export (a recipe, a backend, or both: options override the recipe)")
     src.add_argument("--recipe", help="YAML recipe, e.g. export/tiny-llama/onnx.yaml")

@@ -9,11 +9,8 @@ EXAMPLES = """
 
 def register(sub):
     p = add_verb(sub, "merge", "merge a PEFT LoRA adapter into a model, writing a new HF directory", EXAMPLES)
-<<<<<<< HEAD
-    p.add_argument("--model", required=True, help="base model: a Hugging Face directory or a Hub id in the local cache (any supported family)")
-=======
-    p.add_argument("--model", required=True, help="base Hugging Face model directory (any supported family)")
->>>>>>> families
+    p.add_argument("--model", required=True,
+                   help="base model: a Hugging Face directory or a Hub id in the local cache (any supported family)")
     p.add_argument("--adapter", required=True, help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("--out", required=True, help="new directory for the merged model (must not exist)")
     p.set_defaults(func=run)
