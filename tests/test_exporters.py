@@ -610,5 +610,5 @@ def test_recipes_are_valid():
     assert len(recipes) >= 6
     for r in recipes:
         rec = load_recipe(r)
-        assert rec["backend"] in ("executorch", "onnx", "coreml")
-        assert rec["model"]["preset"] == r.parent.name
+        assert rec.backend in ("executorch", "onnx", "coreml") and rec.backend in r.stem
+        assert rec.preset == r.parent.name and rec.name == f"{r.parent.name}-{r.stem}"

@@ -19,25 +19,25 @@ from pathlib import Path
 import torch
 
 from ..errors import LoragenError
-from ..lora import LoraAdapter
+from ..exporters import as_artifact, get_exporter, read_swap_tensors
+from ..fsutil import atomic_file, refuse_existing
+from ..generator import generate_adapter, load_generator
+from ..lora import LoraAdapter, load_peft_adapter
 from .core import VerifiedBundle, build, swap_tensors, verify
 from .format import BundleError, read_file
+from .keys import load_private_key
 
-__all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "bundle_swap", "open_runner_with_bundle",
-           "read_base_tensors", "verify_bundle", "write_bundle"]
+__all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
+           "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle"]
 
 
 def _artifact(artifact):
     """The artifact read once (an :class:`~loragen_mobile.exporters.Artifact` is passed through)."""
-    from ..exporters import as_artifact
-
     return as_artifact(artifact)
 
 
 def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
     """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
-    from ..exporters import read_swap_tensors
-
     return read_swap_tensors(artifact)
 
 
@@ -55,37 +55,27 @@ def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", priva
                  task_sha256=adapter.metadata.get("loragen.task_sha256"))
 
 
-def build_bundle_cli(artifact_dir, out, kind: str, adapter_dir=None, generator_dir=None, task: str | None = None,
-                     sign_key=None, unsigned: bool = False, include_task: bool = False) -> tuple[Path, int]:
-    """``loragen bundle build``: every input checked before anything is written."""
-    from ..fsutil import refuse_existing
-    from ..lora import load_peft_adapter
-    from .keys import load_private_key
-
+def build_bundle_file(artifact, out, kind: str = "merged", *, adapter_dir=None, generator_dir=None,
+                      task: str | None = None, sign_key=None, include_task: bool = False) -> tuple[Path, int]:
+    """Build a bundle from a PEFT adapter directory, or from a generator and a task description, and
+    write it to ``out`` (atomically); ``sign_key``: a private key PEM path (``None``: unsigned).
+    Every input is checked before anything is written. Returns the path and the size in bytes."""
     refuse_existing(out)
-    if sign_key is None and not unsigned:
-        raise LoragenError("--sign-key is required (or --unsigned for a development bundle)")
+    if (adapter_dir is None) == (generator_dir is None):
+        raise LoragenError("give either an adapter directory or a generator", code="usage")
     key = load_private_key(sign_key) if sign_key else None
-    generator_id = None
     if adapter_dir is not None:
         adapter = load_peft_adapter(adapter_dir)
-        generator_id = adapter.metadata.get("loragen.generator_id")
     else:
         if not task:
-            raise LoragenError("--generator needs --task \"<task description>\"")
-        from ..generator import generate_adapter, load_generator
-
-        gen = load_generator(generator_dir)
-        adapter = generate_adapter(gen, task)
-        generator_id = adapter.metadata.get("loragen.generator_id")
-    data = build_bundle(artifact_dir, adapter, kind, private_key=key, generator_id=generator_id, task=task,
-                        include_task=include_task)
+            raise LoragenError("--generator needs --task \"<task description>\"", code="usage")
+        adapter = generate_adapter(load_generator(generator_dir), task)
+    data = build_bundle(artifact, adapter, kind, private_key=key, generator_id=adapter.metadata.get("loragen.generator_id"),
+                        task=task, include_task=include_task)
     return write_bundle(data, out), len(data)
 
 
 def write_bundle(data: bytes, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    from ..fsutil import atomic_file
-
     with atomic_file(out, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
     return Path(out)
@@ -106,9 +96,6 @@ def bundle_swap(vb: VerifiedBundle, artifact_dir) -> dict[str, torch.Tensor]:
 def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: bool = True):
     """Verify, then write a new specialized artifact directory (the source is never modified).
     artifact.json is read once; the :class:`~loragen_mobile.exporters.Artifact` goes to each step."""
-    from ..exporters import get_exporter
-    from ..fsutil import refuse_existing
-
     refuse_existing(out)
     art = _artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
@@ -117,8 +104,6 @@ def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: 
 
 def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):
     """A host runner for the artifact with the bundle swapped in at load (nothing written)."""
-    from ..exporters import get_exporter
-
     art = _artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
     return get_exporter(art.backend).open_runner(art, swap=bundle_swap(vb, art))

@@ -63,11 +63,14 @@ def run_keygen(args):
 
 
 def run_build(args):
-    from ..bundle import build_bundle_cli
+    from ..bundle import build_bundle_file
+    from ..errors import LoragenError
 
-    out, size = build_bundle_cli(args.artifact, args.out, args.kind, adapter_dir=args.adapter,
-                                 generator_dir=args.generator, task=args.task, sign_key=args.sign_key,
-                                 unsigned=args.unsigned, include_task=args.include_task)
+    if args.sign_key is None and not args.unsigned:
+        raise LoragenError("--sign-key is required (or --unsigned for a development bundle)", code="usage")
+    out, size = build_bundle_file(args.artifact, args.out, args.kind, adapter_dir=args.adapter,
+                                  generator_dir=args.generator, task=args.task, sign_key=args.sign_key,
+                                  include_task=args.include_task)
     print(f"wrote {out} ({size} bytes, kind {args.kind})")
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 # every name the package exposed before the split stays importable from here
 # ruff: noqa: F401
-from .artifact import (ARTIFACT_FILE, ARTIFACT_SCHEMA, TORCH_DTYPES, Artifact, SwapSlot, as_artifact, check_swap,
+from .artifact import (ARTIFACT_FILE, ARTIFACT_SCHEMA, SLOT_DTYPES, Artifact, SwapSlot, as_artifact, check_swap,
                        dtype_name, read_artifact, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
 from .metadata import chat_template, common_meta, copy_tokenizer, prompt_meta
 from .pipeline import (PRECISIONS, ExportJob, Exporter, available_backends, check_max_context, export_steps,

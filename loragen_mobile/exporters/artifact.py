@@ -16,26 +16,20 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import dtypes
+from ..dtypes import tensor_bytes, torch_name as dtype_name
 from ..errors import LoragenError
 from ..fsutil import read_json_object
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_SCHEMA = "loragen-mobile/artifact/v1"
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: dtypes a swap slot may have (torch names, as artifact.json records them)
+SLOT_DTYPES = ("float32", "float16", "bfloat16")
 
 _REQUIRED = ("schema", "backend", "model_id", "model_type", "config_hash", "precision", "max_context",
              "inputs", "outputs", "files", "fingerprint", "swap_slots")
 _SLOT_REQUIRED = ("name", "file", "dtype", "shape", "nbytes", "sha256")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().contiguous().cpu()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def sha256_bytes(*chunks: bytes) -> str:
@@ -103,11 +97,11 @@ class SwapSlot:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.dtype]
+        return dtypes.lookup(self.dtype).torch
 
     def tensor(self, data: bytes) -> torch.Tensor:
         """The slot's bytes as a tensor of its dtype and shape."""
-        return torch.frombuffer(bytearray(data), dtype=self.torch_dtype).reshape(self.shape)
+        return dtypes.from_bytes(data, self.dtype, self.shape)
 
 
 # --------------------------------------------------------------------------- artifact
@@ -162,7 +156,7 @@ def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -
         miss = [k for k in _SLOT_REQUIRED if k not in s]
         if miss:
             raise LoragenError(f"{f}: swap slot {s.get('name', '?')} is missing {', '.join(miss)}")
-        if s["dtype"] not in TORCH_DTYPES:
+        if s["dtype"] not in SLOT_DTYPES:
             raise LoragenError(f"{f}: swap slot {s['name']} has unknown dtype {s['dtype']}")
     if backend is not None and meta["backend"] != backend:
         raise LoragenError(f"{d} is a '{meta['backend']}' artifact, not '{backend}'")

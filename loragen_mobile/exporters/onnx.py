@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import LoragenError
+from ..families import family_of
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
 from .pipeline import ExportJob, Exporter
 from .runner import Runner
@@ -243,7 +244,7 @@ def genai_config(cfg, max_context: int, head_dim: int) -> dict:
             },
             "eos_token_id": eos,
             "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else eos,
-            "type": cfg.model_type,
+            "type": family_of(cfg).genai_type,
             "vocab_size": cfg.vocab_size,
         },
         "search": {

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import dtypes
 from ..errors import LoragenError
 from ..fsutil import atomic_dir
 from .artifact import (Artifact, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes, sha256_file,
@@ -45,7 +46,8 @@ from .validation import (THRESHOLDS, VALIDATION_PROMPT, ValidationReport, check_
 # backend name -> module under loragen_mobile.exporters defining EXPORTER
 _BACKENDS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+#: the precisions an artifact can be exported in (names of :mod:`loragen_mobile.dtypes`)
+PRECISIONS = ("fp32", "fp16")
 
 #: the pipeline's steps, in order (also the progress bar's labels)
 STEPS = ("load", "wrap", "quantize", "lower", "swap slots", "artifact.json")
@@ -70,7 +72,7 @@ class ExportJob:
 
     @property
     def dtype(self) -> torch.dtype:
-        return PRECISIONS[self.precision]
+        return dtypes.parse_precision(self.precision)
 
 
 class Exporter:
@@ -79,7 +81,7 @@ class Exporter:
     name: str = ""
     default_max_context = 128
     #: precision names this backend accepts, and the one used when none is given
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = PRECISIONS
     default_precision = "fp32"
     #: dtype the model is loaded in (None: the export precision's)
     load_dtype: torch.dtype | None = None
@@ -136,7 +138,7 @@ class Exporter:
         """The export's first step: the model, its max context checked, the swap parameter names."""
         from ..models import load_model
 
-        model = load_model(model_dir, dtype=self.load_dtype or PRECISIONS[precision])
+        model = load_model(model_dir, dtype=self.load_dtype or dtypes.parse_precision(precision))
         max_context = check_max_context(max_context, model)
         swap_names = swap_param_names(model, targets)
         if adapter is not None:
@@ -373,9 +375,7 @@ def export_steps(total: int, desc: str, enabled: bool = True):
 
 
 def resolve_precision(dtype: str) -> torch.dtype:
-    if dtype not in PRECISIONS:
-        raise LoragenError(f"unknown precision '{dtype}'; use one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[dtype]
+    return dtypes.parse_precision(dtype, PRECISIONS)
 
 
 def check_max_context(max_context: int, model) -> int:

@@ -4,41 +4,49 @@ any artifact, dispatching on the backend name or the one recorded in artifact.js
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass, fields
 
+from ..config import from_mapping, load_yaml
 from ..errors import LoragenError
+from ..models import PRESETS, preset_config, read_config, resolve_model_dir
 from .artifact import Artifact, as_artifact
 from .pipeline import _BACKENDS, get_exporter
 from .runner import Runner, Sampling
 from .validation import ValidationReport
 
 
-RECIPE_KEYS = {"name", "description", "model", "backend", "max_context", "dtype", "quantize", "targets"}
+@dataclass
+class ExportRecipe:
+    """An export recipe (``export/<preset>/<backend>.yaml``); command-line options override it."""
+
+    backend: str
+    name: str | None = None
+    description: str | None = None
+    model: dict[str, str] | None = None    # {preset: NAME}: the preset, hence the family, it is written for
+    max_context: int | None = None
+    dtype: str | None = None
+    quantize: str | None = None
+    targets: list[str] | None = None
+
+    @property
+    def preset(self) -> str | None:
+        return (self.model or {}).get("preset")
 
 
-def load_recipe(path: str | os.PathLike) -> dict:
-    """Read an export recipe (YAML): backend, max_context, dtype, quantize, targets (+ name, model)."""
-    import yaml
+RECIPE_KEYS = {f.name for f in fields(ExportRecipe)}
 
-    p = Path(path)
-    if not p.is_file():
-        raise LoragenError(f"recipe {p} does not exist")
-    try:
-        r = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise LoragenError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(r, dict):
-        raise LoragenError(f"recipe {p} must be a mapping")
-    unknown = set(r) - RECIPE_KEYS
-    if unknown:
-        raise LoragenError(f"recipe {p} has unknown key(s) {', '.join(sorted(unknown))}; "
-                           f"allowed: {', '.join(sorted(RECIPE_KEYS))}")
-    if "backend" not in r:
-        raise LoragenError(f"recipe {p} must name a backend ({', '.join(_BACKENDS)})")
-    if r["backend"] not in _BACKENDS:
-        raise LoragenError(f"recipe {p}: unknown backend '{r['backend']}'; available: {', '.join(_BACKENDS)}")
-    if "targets" in r and (not isinstance(r["targets"], list) or not r["targets"]):
-        raise LoragenError(f"recipe {p}: targets must be a non-empty list of module names")
+
+def load_recipe(path: str | os.PathLike) -> ExportRecipe:
+    """Read and check an export recipe (one YAML loader and error style: :mod:`loragen_mobile.config`)."""
+    what = f"recipe {path}"
+    r = from_mapping(ExportRecipe, load_yaml(path), what)
+    if r.backend not in _BACKENDS:
+        raise LoragenError(f"{what}: unknown backend '{r.backend}'; available: {', '.join(_BACKENDS)}", code="config")
+    if r.targets is not None and not r.targets:
+        raise LoragenError(f"{what}: targets must be a non-empty list of module names", code="config")
+    if r.model is not None and (set(r.model) != {"preset"} or r.preset not in PRESETS):
+        raise LoragenError(f"{what}: model must be {{preset: NAME}} with a known preset ({', '.join(PRESETS)})",
+                           code="config")
     return r
 
 
@@ -46,22 +54,29 @@ def export(model_dir, out_dir, *, backend: str | None = None, recipe=None, max_c
            quantize: str | None = None, targets=None, dtype: str | None = None, progress: bool = True,
            adapter=None) -> Artifact:
     """Export with a backend name or a recipe file; explicit arguments override the recipe.
-    ``adapter``: keep this PEFT adapter unmerged in the graph (see :meth:`Exporter.export`)."""
-    r = load_recipe(recipe) if recipe else {}
-    backend = backend or r.get("backend")
+
+    ``model_dir``: a Hugging Face directory or a Hub id in the local cache. A recipe written for a
+    preset of another family than the model's is refused. ``adapter``: keep this PEFT adapter
+    unmerged in the graph (see :meth:`Exporter.export`)."""
+    r = load_recipe(recipe) if recipe else None
+    backend = backend or (r.backend if r else None)
     if backend is None:
         raise LoragenError("give a backend (executorch, onnx, coreml) or a recipe")
-    if r and backend != r["backend"]:
-        raise LoragenError(f"--backend {backend} contradicts the recipe's backend {r['backend']}")
-    kw = {"max_context": max_context or r.get("max_context") or 128,
-          "quantize": quantize if quantize is not None else r.get("quantize"),
-          "targets": tuple(targets or r.get("targets") or ()) or None,
+    if r and backend != r.backend:
+        raise LoragenError(f"--backend {backend} contradicts the recipe's backend {r.backend}")
+    model_dir = resolve_model_dir(model_dir)
+    if r and r.preset:
+        want, have = preset_config(r.preset).model_type, read_config(model_dir).get("model_type")
+        if want != have:
+            raise LoragenError(f"recipe {recipe} is written for {r.preset} ({want}); the model in {model_dir} is "
+                               f"'{have}': use a recipe of its family", code="config")
+    kw = {"max_context": max_context or (r.max_context if r else None) or 128,
+          "quantize": quantize if quantize is not None else (r.quantize if r else None),
+          "targets": tuple(targets or (r.targets if r else None) or ()) or None,
           "progress": progress}
-    dt = dtype or r.get("dtype")
+    dt = dtype or (r.dtype if r else None)
     if dt:
         kw["dtype"] = dt
-    if not Path(model_dir).is_dir():
-        raise LoragenError(f"model directory {model_dir} does not exist")
     if adapter is not None:
         kw["adapter"] = adapter
     return get_exporter(backend).export(model_dir, out_dir, **kw)
