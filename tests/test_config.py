@@ -1,5 +1,6 @@
 """The config layer, the dtype vocabulary, Hugging Face ids from the local cache, the import layers."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_hub_id_resolves_from_the_local_cache(tmp_path, preset_dirs, monkeypatch
 def test_hub_id_on_the_command_line(tmp_path, preset_dirs):
     cache = tmp_path / "hub"
     _hub_cache(cache, "acme/tiny-gemma", preset_dirs["tiny-gemma"])
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "merged"
     adapter = tmp_path / "adapter"
     from loragen_mobile.lora import random_adapter, save_peft_adapter
@@ -178,3 +179,26 @@ def test_service_settings_from_yaml_and_options(tmp_path):
     with pytest.raises(LoragenError, match="--header-timeout-s, --body-timeout-s"):
         load_service_config(None, {"generator_dir": "g", "artifacts": ["a"], "sign_key": "k", "store": "s",
                                    "header_timeout_s": 0.0})
+
+
+def test_export_a_hub_id_with_a_recipe_of_its_family(tmp_path, preset_dirs):
+    cache = tmp_path / "hub"
+    _hub_cache(cache, "acme/tiny-llama", preset_dirs["tiny-llama"])
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def loragen(*argv):
+        return subprocess.run([sys.executable, "-m", "loragen_mobile", *argv], capture_output=True, text=True,
+                              env=env, cwd=tmp_path)
+
+    r = loragen("export", "--recipe", str(ROOT / "export/tiny-gemma/onnx.yaml"), "--model", "acme/tiny-llama",
+                "--out", "wrong")
+    assert r.returncode == 2 and not (tmp_path / "wrong").exists() and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"loragen: error: config: recipe {ROOT / 'export/tiny-gemma/onnx.yaml'} is written "
+                               "for tiny-gemma (gemma); the model in ")
+    assert r.stderr.rstrip().endswith("is 'llama': use a recipe of its family")
+    r = loragen("export", "--recipe", str(ROOT / "export/tiny-llama/onnx.yaml"), "--model", "acme/tiny-llama",
+                "--out", "art", "--max-context", "32")
+    assert r.returncode == 0, r.stderr
+    r = loragen("validate", "--artifact", "art", "--model", "acme/tiny-llama")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK: 12/12 checks passed (onnx, fp32)" in r.stdout
