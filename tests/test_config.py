@@ -108,7 +108,7 @@ def _hub_cache(root: Path, repo: str, model_dir: Path, revision: str = "01234567
     return base / "snapshots" / revision
 
 
-def test_hub_id_resolves_from_the_local_cache(tmp_path, preset_dirs, monkeypatch):
+def test_hub_id_resolves_from_the_local_cache(tmp_path, preset_dirs, generator_run, monkeypatch):
     import huggingface_hub.constants as hc
 
     cache = tmp_path / "hub"
@@ -122,6 +122,13 @@ def test_hub_id_resolves_from_the_local_cache(tmp_path, preset_dirs, monkeypatch
     assert torch.equal(m(x).logits, ref(x).logits)
     want = models.load_tokenizer(preset_dirs["tiny-llama"])("hi there")["input_ids"]
     assert models.load_tokenizer("acme/tiny-llama-edge")("hi there")["input_ids"] == want and len(want) == 9
+    # a generator takes its edge model as an id too (same weights: the binding holds)
+    from loragen_mobile.generator import generate_adapter, load_generator
+
+    g = load_generator(generator_run, edge_dir="acme/tiny-llama-edge")
+    assert g.edge_dir == snap.resolve()
+    a, b = generate_adapter(g, "Reverse the word."), generate_adapter(load_generator(generator_run), "Reverse the word.")
+    assert all(torch.equal(a.factors[k][0], b.factors[k][0]) for k in a.factors)
     with pytest.raises(LoragenError, match="model 'acme/other' is neither a directory nor in the local "
                        "Hugging Face cache .*; download it first with: hf download acme/other") as e:
         models.load_model("acme/other")

@@ -29,7 +29,7 @@ the registry), :mod:`.runner` (:class:`Runner`, :class:`Sampling`), :mod:`.valid
 :mod:`.metadata` (artifact.json's model and prompt fields, tokenizer files), :mod:`.recipes`
 (recipes and the one-call entry points), :mod:`.common` (the decoder wrappers), and one module
 per backend (:mod:`.executorch`, :mod:`.onnx`, :mod:`.coreml`). Adding a backend:
-docs/extending-backend.md.
+docs/extending.md.
 """
 
 from __future__ import annotations

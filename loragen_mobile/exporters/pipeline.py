@@ -6,7 +6,7 @@
 
 ``load`` (the model, the swap parameter names, an optional unmerged PEFT adapter) and ``finish``
 (common + backend metadata, tokenizer copy, fingerprint, artifact.json) are shared; a backend
-implements the hooks in between (docs/extending-backend.md):
+implements the hooks in between (docs/extending.md):
 
 * :meth:`Exporter.wrap` -> the ``torch.nn.Module`` to export (a wrapper of :mod:`.common`);
 * :meth:`Exporter.quantize` -> the wrapper, quantized (today every backend refuses a scheme);

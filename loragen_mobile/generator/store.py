@@ -90,9 +90,11 @@ def _load_cloud_base(cfg: GeneratorConfig, edge_dir: Path):
         return models.load_model(edge_dir, dtype=torch.float32), models.load_tokenizer(edge_dir), edge_dir
     if cfg.cloud in models.PRESETS:
         return models.build_model(cfg.cloud, seed=cfg.seed), models.build_tokenizer(), None
-    d = Path(cfg.cloud)
-    if not d.is_dir():
-        raise LoragenError(f"cloud model '{cfg.cloud}' is neither 'edge', a preset ({', '.join(models.PRESETS)}) nor a directory")
+    try:
+        d = models.resolve_model_dir(cfg.cloud)
+    except LoragenError as e:
+        raise LoragenError(f"cloud model '{cfg.cloud}' is neither 'edge', a preset ({', '.join(models.PRESETS)}), "
+                           f"a directory nor a Hugging Face id in the local cache", code=e.code) from None
     return models.load_model(d, dtype=torch.float32), models.load_tokenizer(d), d.resolve()
 
 
@@ -100,7 +102,7 @@ def build_generator(cfg: GeneratorConfig, edge_dir: str | os.PathLike) -> Genera
     """A fresh generator for the edge model in ``edge_dir`` (uses the global torch RNG for init)."""
     from peft import LoraConfig, get_peft_model
 
-    edge_dir = Path(edge_dir).resolve()
+    edge_dir = models.resolve_model_dir(edge_dir).resolve()
     edge = models.load_model(edge_dir, dtype=torch.float32)
     edge.requires_grad_(False)
     edge_tok = models.load_tokenizer(edge_dir)
@@ -168,7 +170,7 @@ def load_generator(run_dir: str | os.PathLike, edge_dir: str | os.PathLike | Non
         cfg = GeneratorConfig.from_dict(meta["config"])
         layout = EdgeLayout.from_dict(meta["layout"])
         # a relative edge path (as in the shipped checkpoints) is relative to the run directory
-        edge_path = Path(edge_dir) if edge_dir is not None else run / meta["edge"]["path"]
+        edge_path = models.resolve_model_dir(edge_dir) if edge_dir is not None else run / meta["edge"]["path"]
         cloud_path = meta["cloud"]["path"]
         want_hash = meta["edge"]["config_hash"]
     except (KeyError, TypeError) as e:
