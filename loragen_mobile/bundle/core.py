@@ -18,6 +18,7 @@ from ..errors import LoragenError
 from ..lora import LoraAdapter, merged_tensors
 from . import format as fmt
 from .format import BundleError
+from .keys import key_id
 
 def st_dtype(d) -> str:
     """safetensors dtype code for a torch dtype or a dtype name used in artifact.json."""
@@ -118,8 +119,6 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
         if why:
             raise BundleError(f"tensor {name} has {why}; refusing to build the bundle", code="values")
     if private_key is not None:
-        from .keys import key_id
-
         manifest["key_id"] = key_id(private_key.public_key())
     return fmt.serialize(tensors, manifest, private_key)
 

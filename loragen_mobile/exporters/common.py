@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import LoragenError
+from ..families import family_of
 
 
 def _dims(config) -> tuple[int, int, int, int]:
@@ -63,8 +64,6 @@ class _DecoderBase(nn.Module):
 
     def __init__(self, hf_model, all_logits: bool = False):
         super().__init__()
-        from ..families import family_of
-
         self.all_logits = bool(all_logits)
         cfg = hf_model.config
         fam = family_of(cfg)

@@ -36,6 +36,7 @@ import torch
 
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
+from .common import StatefulCoreMLLM, _dims
 from .pipeline import ExportJob, Exporter, graph_name
 from .runner import Runner
 from .validation import ValidationReport
@@ -63,8 +64,6 @@ def _convert(w, max_context: int, precision: str):
     """torch.export of the stateful wrapper ``w`` -> ``ct.convert`` (ML program, iOS 18, states)."""
     import coremltools as ct
     from torch.export import Dim
-
-    from .common import StatefulCoreMLLM
 
     q, end = Dim("q", min=1, max=max_context), Dim("end", min=1, max=max_context)
     ids, mask = torch.zeros((1, 2), dtype=torch.long), StatefulCoreMLLM.causal_mask(2, 5)
@@ -140,8 +139,6 @@ def _signature(spec) -> dict:
 
 def _expected_signature(model, max_context: int, precision: str, all_logits: bool = False) -> dict:
     """The Core ML signature of the contract (see the module docstring) for this model."""
-    from .common import _dims
-
     L, _, kv, hd = _dims(model.config)
     dt = "float16" if precision == "fp16" else "float32"
     out = {"name": LOGITS, "dtype": dt}
@@ -168,8 +165,6 @@ class CoreMLRunner(Runner):  # pragma: no cover - needs macOS (Core ML framework
         self.state = self.model.make_state()
 
     def _forward(self, ids, start):
-        from .common import StatefulCoreMLLM
-
         end = start + len(ids)
         x = {INPUT_IDS: np.array([ids], dtype=np.int32),
              CAUSAL_MASK: StatefulCoreMLLM.causal_mask(len(ids), end).numpy().astype(np.float16)}
@@ -189,8 +184,6 @@ class CoreMLExporter(Exporter):
         return super().export(*args, **kw)
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
-        from .common import StatefulCoreMLLM
-
         return StatefulCoreMLLM(job.model.float(), job.max_context, all_logits=job.all_logits).eval()
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .common import StaticCacheLM
 from .pipeline import ExportJob, Exporter, graph_name
 from .runner import Runner
 
@@ -139,8 +140,6 @@ class ExecuTorchExporter(Exporter):
     fingerprint_files = (PTE, DATA)
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
-        from .common import StaticCacheLM
-
         job.state["metadata"] = runner_metadata(job.model, job.model_dir, job.max_context)
         # logits [1, 1, V] (last position) unless all_logits
         return StaticCacheLM(job.model, job.max_context, all_logits=job.all_logits).eval()

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 from ..fsutil import read_json_object
+from ..models import config_hash, load_tokenizer, read_config
+from ..training import chat_messages
 
 
 def copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
@@ -32,8 +34,6 @@ def copy_tokenizer(model_dir: Path, out: Path) -> list[str]:
 
 def chat_template(model_dir) -> str:
     """The model directory's chat template (see :func:`loragen_mobile.models.load_tokenizer`)."""
-    from ..models import load_tokenizer
-
     return _default_template(load_tokenizer(model_dir))
 
 
@@ -51,9 +51,6 @@ def prompt_meta(model_dir) -> dict:
     id itself (as onnxruntime-genai with add_special_tokens, ExecuTorch's runner and the demo
     apps' tokenizers do).
     """
-    from ..models import load_tokenizer
-    from ..training import chat_messages
-
     tok = load_tokenizer(model_dir)
 
     def render(system):
@@ -65,8 +62,6 @@ def prompt_meta(model_dir) -> dict:
     with_system, bos = render("{system}")
     without_system, _ = render(None)
     from transformers import GenerationConfig
-
-    from ..models import read_config
 
     eos = {tok.eos_token_id, read_config(model_dir).get("eos_token_id")}
     try:
@@ -81,8 +76,6 @@ def prompt_meta(model_dir) -> dict:
 
 def common_meta(model, model_dir: Path, backend: str, precision: str, max_context: int, targets,
                 adapter=None) -> dict:
-    from ..models import config_hash
-
     cfg = model.config
     extra = {"unmerged_adapter": Path(adapter).name} if adapter is not None else {}
     return {**extra,

@@ -34,6 +34,7 @@ import torch
 from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .common import PastKVLM, _dims as d
 from .pipeline import ExportJob, Exporter
 from .runner import Runner
 
@@ -106,8 +107,6 @@ class ONNXExporter(Exporter):
     fingerprint_files = (MODEL, FOUNDATION)  # the swap slots live in SWAP, outside the fingerprint
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
-        from .common import PastKVLM
-
         return PastKVLM(job.model, all_logits=job.all_logits).eval()
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
@@ -209,8 +208,6 @@ class ONNXExporter(Exporter):
 
 
 def _dims(cfg):
-    from .common import _dims as d
-
     return d(cfg)
 
 

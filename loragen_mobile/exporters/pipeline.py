@@ -35,13 +35,16 @@ import torch
 
 from .. import dtypes
 from ..errors import LoragenError
+from ..families import family_of
 from ..fsutil import atomic_dir
+from ..lora import load_peft_adapter
+from ..models import load_model, target_module_names
 from .artifact import (Artifact, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes, sha256_file,
-                       slot_corrupt, tensor_bytes, write_artifact_json)
+    slot_corrupt, tensor_bytes, write_artifact_json)
 from .metadata import common_meta, copy_tokenizer
 from .runner import Runner
 from .validation import (THRESHOLDS, VALIDATION_PROMPT, ValidationReport, check_fingerprint, check_identity,
-                         check_logits)
+    check_logits)
 
 # backend name -> module under loragen_mobile.exporters defining EXPORTER
 _BACKENDS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
@@ -101,9 +104,7 @@ class Exporter:
         module), the conventional LoRA deployment that the speedup benchmark compares against; its
         swap slots are the base weights under the LoRA. ``all_logits``: the graph returns logits for
         every input position (default: the last one only)."""
-        from ..models import DEFAULT_TARGET_MODULES
-
-        targets = tuple(targets or DEFAULT_TARGET_MODULES)
+        targets = tuple(targets) if targets else None  # None: the model family's default targets
         precision = self.check_precision(dtype or self.default_precision)
         if quantize not in self.quantizations:
             raise self._unsupported_quantization(quantize)
@@ -136,15 +137,12 @@ class Exporter:
     def load(self, model_dir, out: Path, precision: str, max_context: int, targets, adapter=None,
              quantize: str | None = None, all_logits: bool = False) -> ExportJob:
         """The export's first step: the model, its max context checked, the swap parameter names."""
-        from ..models import load_model
-
         model = load_model(model_dir, dtype=self.load_dtype or dtypes.parse_precision(precision))
         max_context = check_max_context(max_context, model)
+        targets = tuple(targets or family_of(model.config).default_targets)
         swap_names = swap_param_names(model, targets)
         if adapter is not None:
             from peft import PeftModel
-
-            from ..lora import load_peft_adapter
 
             lora_modules = set(load_peft_adapter(adapter).factors)  # validates the adapter first
             model = PeftModel.from_pretrained(model, str(adapter)).get_base_model().eval()
@@ -305,8 +303,6 @@ class Exporter:
 
     def validate(self, artifact: Artifact | str | os.PathLike, model_dir, *, steps: int = 8) -> ValidationReport:
         """Identity and fingerprint checks, then the backend's own (:meth:`validate_backend`)."""
-        from ..models import load_model
-
         art = as_artifact(artifact, self.name)
         model = load_model(model_dir, dtype=torch.float32)
         report = ValidationReport(str(art.path), self.name, art.meta["precision"])
@@ -387,8 +383,6 @@ def check_max_context(max_context: int, model) -> int:
 
 
 def swap_param_names(model, targets) -> list[str]:
-    from ..models import target_module_names
-
     names = [f"{m}.weight" for m in target_module_names(model, targets)]
     if not names:
         raise LoragenError(f"no swappable modules match targets {list(targets)}")

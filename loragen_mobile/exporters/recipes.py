@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 
 from ..config import from_mapping, load_yaml
 from ..errors import LoragenError
-from ..models import PRESETS, preset_config, read_config, resolve_model_dir
+from ..models import PRESETS, load_tokenizer, preset_config, read_config, resolve_model_dir
+from ..training import prompt_ids
 from .artifact import Artifact, as_artifact
 from .pipeline import _BACKENDS, get_exporter
 from .runner import Runner, Sampling
@@ -99,9 +100,6 @@ def generate_text(artifact_dir, prompt: str, max_new_tokens: int = 32, swap=None
     Returns the prompt and new token ids, the decoded text (special tokens skipped) and why it
     stopped (``"eos"`` or ``"length"``).
     """
-    from ..models import load_tokenizer
-    from ..training import prompt_ids
-
     if raw and system is not None:
         raise LoragenError("a system prompt is part of the chat template; it cannot go with raw text", code="usage")
     art = as_artifact(artifact_dir)

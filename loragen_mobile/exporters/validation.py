@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models import config_hash
 from .artifact import Artifact
+from .common import Reference
 from .runner import Runner
 
 # Validation thresholds (max abs logits difference vs eager PyTorch fp32), per precision.
@@ -76,8 +78,6 @@ VALIDATION_PROMPT = [1, 72, 105, 33, 32, 119, 101, 108, 99, 111, 109, 101]  # fi
 
 
 def check_identity(report: ValidationReport, art: Artifact, model_dir: Path, model) -> None:
-    from ..models import config_hash
-
     ch = config_hash(model.config)
     report.add("config_hash", ch == art.meta["config_hash"],
                "matches the model" if ch == art.meta["config_hash"] else
@@ -95,8 +95,6 @@ def check_logits(report: ValidationReport, runner: Runner, model, prompt: list[i
                  threshold: float) -> None:
     """Compare the prefill's last-position logits and ``steps`` decode steps with eager PyTorch (fp32),
     teacher-forced."""
-    from .common import Reference
-
     ref = Reference(model.float())
     ref.reset()
     r_logits = ref.step(prompt)[-1]
