@@ -49,6 +49,13 @@ def test_long_prompt_exceeds_every_sliding_window():
         assert len(LONG_PROMPT) + STEPS < FAMILY_MAX_CTX
         if getattr(cfg, "sliding_window", None):
             assert len(LONG_PROMPT) > cfg.sliding_window
+    # `loragen validate` itself prompts past the window of a model that has one
+    from loragen_mobile.exporters.validation import VALIDATION_PROMPT, validation_prompt
+
+    for p, want in [("tiny-gemma2", 24), ("tiny-gemma3", 24), ("tiny-qwen2", 12), ("tiny-llama", 12)]:
+        prompt = validation_prompt(preset_config(p), FAMILY_MAX_CTX, STEPS)
+        assert len(prompt) == want and prompt[:12] == VALIDATION_PROMPT
+    assert len(validation_prompt(preset_config("tiny-gemma2"), 20, 8)) == 11
 
 
 # ------------------------------------------------------------------------------ tiny presets

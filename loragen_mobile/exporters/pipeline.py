@@ -43,8 +43,8 @@ from .artifact import (Artifact, SwapSlot, as_artifact, check_swap, read_artifac
     slot_corrupt, tensor_bytes, write_artifact_json)
 from .metadata import common_meta, copy_tokenizer
 from .runner import Runner
-from .validation import (THRESHOLDS, VALIDATION_PROMPT, ValidationReport, check_fingerprint, check_identity,
-    check_logits)
+from .validation import (THRESHOLDS, ValidationReport, check_fingerprint, check_identity, check_logits,
+                         validation_prompt)
 
 # backend name -> module under loragen_mobile.exporters defining EXPORTER
 _BACKENDS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
@@ -314,7 +314,7 @@ class Exporter:
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
         """Hook: by default, prefill + ``steps`` decode logits vs eager PyTorch on the host runner."""
         threshold = THRESHOLDS.get(art.meta.get("quantization") or art.meta["precision"], THRESHOLDS["fp32"])
-        prompt = VALIDATION_PROMPT[: max(1, min(len(VALIDATION_PROMPT), art.meta["max_context"] - steps - 1))]
+        prompt = validation_prompt(model.config, art.meta["max_context"], steps)
         check_logits(report, self.open_runner(art), model, prompt, steps, threshold)
 
 

@@ -77,6 +77,19 @@ def _xml_text(s: str) -> str:
 VALIDATION_PROMPT = [1, 72, 105, 33, 32, 119, 101, 108, 99, 111, 109, 101]  # fixed ids: <s> + 11 byte tokens
 
 
+def validation_prompt(config, max_context: int, steps: int) -> list[int]:
+    """The fixed validation prompt, made longer than the model's sliding window (if any layer has one)
+    so that the window's mask is exercised; it always leaves room for ``steps`` decode steps."""
+    n = len(VALIDATION_PROMPT)
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None) or ()
+    if window and ("sliding_attention" in kinds or getattr(config, "use_sliding_window", False)):
+        n = max(n, int(window) + 8)
+    body = VALIDATION_PROMPT[1:]
+    prompt = VALIDATION_PROMPT[:1] + [body[i % len(body)] for i in range(n - 1)]
+    return prompt[: max(1, min(n, max_context - steps - 1))]
+
+
 def check_identity(report: ValidationReport, art: Artifact, model_dir: Path, model) -> None:
     ch = config_hash(model.config)
     report.add("config_hash", ch == art.meta["config_hash"],
