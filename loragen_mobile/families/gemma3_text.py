@@ -1,9 +1,12 @@
 """Gemma 3 (text): five sliding-window layers per global layer, each kind with its own rotary
 table, q/k norm, ``query_pre_attn_scalar`` attention scale, pre- and post-FFN norms."""
 
+from dataclasses import replace
+
 from transformers import Gemma3TextConfig
 
-from . import ALWAYS, BYTE_VOCAB_SIZE, Attention, Family, Preset
+from . import BYTE_VOCAB_SIZE, Preset
+from .gemma2 import FAMILY as GEMMA2
 
 ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}
@@ -32,21 +35,16 @@ def _gemma_3_1b() -> Gemma3TextConfig:
     )
 
 
-FAMILY = Family(
+# Gemma 3 is Gemma 2's family (sandwich norms, query_pre_attn_scalar, sliding windows, final
+# soft-capping, the same identity fields) plus q/k norm and one rotary table per layer type, and
+# without attention soft-capping: transformers' Gemma3Attention keeps attn_logit_softcapping but never
+# passes it to the attention function, so the eager model (the reference) does not apply it.
+FAMILY = replace(
+    GEMMA2,
     model_type="gemma3_text",
     config_class="Gemma3TextConfig",
     description="Gemma 3 text: 5:1 sliding/global layers, per-kind rotary tables, q/k norm",
-    activation_field="hidden_activation",
-    # No attention soft-capping: transformers' Gemma3Attention keeps attn_logit_softcapping but never
-    # passes it to the attention function, so the eager model (the reference) does not apply it.
-    attention=Attention(qkv_bias="attention_bias", qk_norm=True, sliding_window=True,
-                        scale="query_pre_attn_scalar", per_layer_rope=True),
-    sandwich_norm=True,
-    final_logit_softcap=True,
-    embedding_scale=True,
-    identity_fields={k: ALWAYS for k in ("rope_parameters", "attention_bias", "query_pre_attn_scalar",
-                                         "sliding_window", "layer_types", "attn_logit_softcapping",
-                                         "final_logit_softcapping")},
+    attention=replace(GEMMA2.attention, qk_norm=True, logit_softcap=False, per_layer_rope=True),
     genai_type="gemma3_text",
     presets=(
         Preset("tiny-gemma3", _tiny_gemma3, "Gemma-3-1B structure at toy size (5:1 sliding window 16, q/k norm)"),
