@@ -158,6 +158,19 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
             _check_long(exp.open_runner(out), want)
         # the swap changes the output
         assert float((Reference(want).step(LONG_PROMPT)[-1] - base_logits).abs().max()) > 1e-2
+    # Core ML (cannot run here): the swapped package's stored fp16 slot weights are PEFT's merged
+    # weights rounded to fp16 (within one fp16 step), and every other slot is untouched
+    art = family_artifacts("coreml", preset)
+    want_sd = want.state_dict()
+    for kind in ("merged", "lora"):
+        out = tmp_path / f"coreml-{kind}"
+        apply_bundle(build_bundle(art, slot_ad, kind, private_key=key), art, out, pub)
+        stored = get_exporter("coreml").read_swap_tensors(out)
+        assert set(stored) == {s.name for s in get_exporter("coreml").swap_slots(art)}
+        for name, t in stored.items():
+            w = want_sd[name]
+            assert t.dtype == torch.float16
+            assert float((t.float() - w).abs().max()) <= float(w.abs().max()) * 2 ** -10 + 1e-6, name
     # the full adapter (attention projections too) merged by the project equals PEFT's merge
     ours = lora.merge_into_model(copy.deepcopy(base), ad)
     ids = torch.tensor([LONG_PROMPT])
