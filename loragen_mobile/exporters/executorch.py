@@ -104,7 +104,7 @@ class ExecuTorchRunner(Runner):
             if swap:  # a temporary copy of model.ptd with the new bytes in the swap slots
                 self._tmp = Path(tempfile.mkdtemp(prefix="loragen-swapped-"))
                 shutil.copyfile(data, self._tmp / DATA)
-                EXPORTER.write_slot_bytes(self._tmp, artifact.slots, {n: tensor_bytes(t) for n, t in swap.items()})
+                EXPORTER.write_slot_bytes(self._tmp, artifact.slots, swap)
                 data = self._tmp / DATA
             self._program = Runtime.get().load_program(str(artifact.file(PTE)), data_path=str(data))
         except LoragenError:

@@ -29,7 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -224,38 +224,43 @@ class Exporter:
             out[s.name] = s.offset
         return out
 
-    def read_slot_bytes(self, root: Path, slots: list[SwapSlot]) -> dict[str, bytes]:
-        """Hook: the stored bytes of each slot under the artifact directory ``root``."""
+    def iter_slot_bytes(self, root: Path, slots: list[SwapSlot]) -> Iterator[tuple[SwapSlot, bytes]]:
+        """Hook: ``(slot, stored bytes)`` for each slot under the artifact directory ``root``, one at a
+        time (a caller that hashes or converts each slot holds one slot's bytes, not the model's)."""
         offsets = self.slot_offsets(root, slots)
-        out = {}
         for file, group in _by_file(slots):
             with open(root / file, "rb") as f:
                 for s in group:
                     f.seek(offsets[s.name])
-                    out[s.name] = f.read(s.nbytes)
-        return out
+                    yield s, f.read(s.nbytes)
 
-    def write_slot_bytes(self, root: Path, slots: list[SwapSlot], data: dict[str, bytes]) -> None:
-        """Hook: write ``data[name]`` (exactly ``nbytes``) over each named slot's bytes in place."""
+    def read_slot_bytes(self, root: Path, slots: list[SwapSlot]) -> dict[str, bytes]:
+        """The stored bytes of each slot under the artifact directory ``root``."""
+        return {s.name: b for s, b in self.iter_slot_bytes(root, slots)}
+
+    def write_slot_bytes(self, root: Path, slots: list[SwapSlot], data: dict[str, bytes | torch.Tensor]) -> None:
+        """Hook: write ``data[name]`` (bytes, or a tensor whose raw bytes are written; exactly
+        ``nbytes``) over each named slot's bytes in place, converting one slot at a time."""
         chosen = [s for s in slots if s.name in data]
         offsets = self.slot_offsets(root, chosen)
         for file, group in _by_file(chosen):
             with open(root / file, "r+b") as f:
                 for s in group:
-                    if len(data[s.name]) != s.nbytes:
-                        raise slot_corrupt(root, s, f"holds {s.nbytes} bytes, not {len(data[s.name])}")
+                    b = data[s.name]
+                    b = tensor_bytes(b) if isinstance(b, torch.Tensor) else b
+                    if len(b) != s.nbytes:
+                        raise slot_corrupt(root, s, f"holds {s.nbytes} bytes, not {len(b)}")
                     f.seek(offsets[s.name])
-                    f.write(data[s.name])
+                    f.write(b)
 
-    def verified_slot_bytes(self, root: Path, slots: list[SwapSlot], shown: Path | None = None) -> dict[str, bytes]:
-        """:meth:`read_slot_bytes`, each checked against the slot's recorded size and sha256
-        (errors name ``shown``, e.g. the source of a copy, instead of ``root``)."""
-        data = self.read_slot_bytes(root, slots)
-        for s in slots:
-            b = data[s.name]
+    def verified_slot_bytes(self, root: Path, slots: list[SwapSlot],
+                            shown: Path | None = None) -> Iterator[tuple[SwapSlot, bytes]]:
+        """:meth:`iter_slot_bytes`, each slot checked against its recorded size and sha256 before it
+        is yielded (errors name ``shown``, e.g. the source of a copy, instead of ``root``)."""
+        for s, b in self.iter_slot_bytes(root, slots):
             if len(b) != s.nbytes or sha256_bytes(b) != s.sha256:
                 raise slot_corrupt(shown or root, s, "does not hold the bytes artifact.json records")
-        return data
+            yield s, b
 
     # ------------------------------------------------------------------ swap (once, for every backend)
 
@@ -265,8 +270,7 @@ class Exporter:
     def read_swap_tensors(self, artifact: Artifact | str | os.PathLike) -> dict[str, torch.Tensor]:
         """The values stored in every swap slot, each checked against its sha256."""
         art = as_artifact(artifact, self.name)
-        data = self.verified_slot_bytes(art.path, art.slots)
-        return {s.name: s.tensor(data[s.name]) for s in art.slots}
+        return {s.name: s.tensor(b) for s, b in self.verified_slot_bytes(art.path, art.slots)}
 
     def apply_swap(self, artifact: Artifact | str | os.PathLike, swap: dict[str, torch.Tensor], out_dir) -> Artifact:
         """A new artifact directory ``out_dir``: the artifact with ``swap``'s tensors written into
@@ -276,14 +280,14 @@ class Exporter:
         swap = check_swap(art, swap)
         if not swap:
             raise LoragenError("apply_swap needs at least one tensor")
-        new = {name: tensor_bytes(t) for name, t in swap.items()}
         self.slot_offsets(art.path, art.slots)  # every slot is where artifact.json says, before any copy
         with atomic_dir(out_dir) as tmp:
             copy_tree(art.path, tmp)
-            self.write_slot_bytes(tmp, art.slots, new)
-            raw = [dict(d, sha256=sha256_bytes(new[d["name"]])) if d["name"] in new else dict(d)
+            self.write_slot_bytes(tmp, art.slots, swap)
+            raw = [dict(d, sha256=dtypes.tensor_sha256(swap[d["name"]])) if d["name"] in swap else dict(d)
                    for d in art.meta["swap_slots"]]
-            self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw], shown=art.path)
+            for _ in self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw], shown=art.path):
+                pass  # every slot re-read and checked, one at a time
             meta = {k: v for k, v in art.meta.items() if k != "schema"}
             meta["swap_slots"] = raw
             meta["swapped_from"] = art.meta["fingerprint"]
