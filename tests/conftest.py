@@ -69,6 +69,25 @@ def artifacts(workdir, model_dirs):
     return get
 
 
+#: the quantization scheme each backend's shared quantized artifact is exported with (both presets)
+QUANT_SCHEMES = {"executorch": "8da4w-g32", "onnx": "int4-b32", "coreml": "int4-b32"}
+
+
+@pytest.fixture(scope="session")
+def quant_artifacts(workdir, model_dirs):
+    """Quantized exports of the shared test models, once per (backend, preset, scheme) and session."""
+    cache: dict[tuple[str, str, str], Path] = {}
+
+    def get(backend: str, preset: str, scheme: str | None = None) -> Path:
+        scheme = scheme or QUANT_SCHEMES[backend]
+        key = (backend, preset, scheme)
+        if key not in cache:
+            out = workdir / f"{backend}-{preset}-{scheme}"
+            get_exporter(backend).export(model_dirs[preset], out, max_context=MAX_CTX, quantize=scheme, progress=False)
+            cache[key] = out
+        return cache[key]
+
+    return get
 
 
 # ------------------------------------------------------------------ a small trained generator

@@ -1,8 +1,13 @@
-"""Artifact directories: ``artifact.json`` (schema v1) read and written, typed swap slots, digests.
+"""Artifact directories: ``artifact.json`` read and written, typed swap slots, digests.
 
 ``artifact.json``'s bytes and field names are a contract (docs/exporters.md; the Android and iOS
 apps and the bundle readers read them): :meth:`SwapSlot.to_dict` writes a slot's fields in the
 order the exporters always wrote them, and :func:`write_artifact_json` puts ``schema`` first.
+
+Schema v2 adds quantized swap slots: a quantized weight is stored as parts (``P:q``, ``P:scale``,
+see :mod:`loragen_mobile.quant`), each a slot with ``param``, ``part`` and ``encoding`` fields. An
+artifact without quantized slots is still written as v1, so every v1 reader keeps reading it;
+both versions are read.
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from typing import Any, Iterable
 
 import torch
 
-from .. import dtypes
+from .. import dtypes, quant
 from ..dtypes import tensor_bytes, torch_name as dtype_name
 from ..errors import LoragenError
 from ..fsutil import read_json_object
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_SCHEMA = "loragen-mobile/artifact/v1"
+#: the schema of an artifact with quantized swap slots
+ARTIFACT_SCHEMA_V2 = "loragen-mobile/artifact/v2"
+SCHEMAS = (ARTIFACT_SCHEMA, ARTIFACT_SCHEMA_V2)
 
 #: dtypes a swap slot may have (torch names, as artifact.json records them)
 SLOT_DTYPES = ("float32", "float16", "bfloat16")
+#: dtypes a part of a quantized weight may have (the codes; scales are floating point)
+PART_DTYPES = SLOT_DTYPES + ("uint8", "int8")
 
 _REQUIRED = ("schema", "backend", "model_id", "model_type", "config_hash", "precision", "max_context",
              "inputs", "outputs", "files", "fingerprint", "swap_slots")
@@ -72,6 +82,27 @@ class SwapSlot:
         """The slot of tensor ``t`` as exported (its sha256 is that of its bytes)."""
         return cls(name, file, dtype_name(t.dtype), list(t.shape), t.numel() * t.element_size(),
                    sha256_bytes(tensor_bytes(t)), key, offset, dict(extra))
+
+    @classmethod
+    def part_of(cls, param: str, part: str, encoding: "quant.Encoding", t: torch.Tensor, file: str, *,
+                key: str | None = None, offset: int | None = None, **extra: Any) -> "SwapSlot":
+        """The slot of one part (``q`` or ``scale``) of the quantized weight ``param``, stored as ``t``."""
+        return cls.of(quant.part_name(param, part), t, file, key=key, offset=offset,
+                      **extra, param=param, part=part, encoding=encoding.id)
+
+    @property
+    def param(self) -> str:
+        """The HF parameter the slot belongs to (the slot's own name for an unquantized slot)."""
+        return self.extra.get("param", self.name)
+
+    @property
+    def part(self) -> str | None:
+        return self.extra.get("part")
+
+    @property
+    def encoding(self) -> "quant.Encoding | None":
+        e = self.extra.get("encoding")
+        return quant.get(e) if e is not None else None
 
     @classmethod
     def from_dict(cls, d: dict) -> "SwapSlot":
@@ -132,6 +163,18 @@ class Artifact:
     def slot_map(self) -> dict[str, SwapSlot]:
         return {s.name: s for s in self.slots}
 
+    @property
+    def quantized(self) -> bool:
+        return any(s.part is not None for s in self.slots)
+
+    def quantized_params(self) -> dict[str, dict[str, SwapSlot]]:
+        """param -> {part: slot} for every quantized swappable weight, in slot order."""
+        out: dict[str, dict[str, SwapSlot]] = {}
+        for s in self.slots:
+            if s.part is not None:
+                out.setdefault(s.param, {})[s.part] = s
+        return out
+
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -148,22 +191,44 @@ def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise LoragenError(f"{f} is missing field(s) {', '.join(missing)}")
-    if meta["schema"] != ARTIFACT_SCHEMA:
-        raise LoragenError(f"{f} has schema '{meta['schema']}', expected '{ARTIFACT_SCHEMA}'")
+    if meta["schema"] not in SCHEMAS:
+        raise LoragenError(f"{f} has schema '{meta['schema']}'; this reader knows {', '.join(SCHEMAS)}",
+                           code="version")
     if not isinstance(meta["swap_slots"], list) or not all(isinstance(s, dict) for s in meta["swap_slots"]):
         raise LoragenError(f"{f}: swap_slots must be a list of objects")
     for s in meta["swap_slots"]:
         miss = [k for k in _SLOT_REQUIRED if k not in s]
         if miss:
             raise LoragenError(f"{f}: swap slot {s.get('name', '?')} is missing {', '.join(miss)}")
-        if s["dtype"] not in SLOT_DTYPES:
-            raise LoragenError(f"{f}: swap slot {s['name']} has unknown dtype {s['dtype']}")
+        _check_slot(f, meta["schema"], s)
     if backend is not None and meta["backend"] != backend:
         raise LoragenError(f"{d} is a '{meta['backend']}' artifact, not '{backend}'")
     for name in meta["files"]:
         if not (d / name).exists():
             raise LoragenError(f"artifact {d} is incomplete: {name} is missing")
     return Artifact(d, meta)
+
+
+def _check_slot(f: Path, schema: str, s: dict) -> None:
+    """A slot's dtype, and for a part of a quantized weight its encoding and shape (schema v2 only)."""
+    if "encoding" not in s:
+        if s["dtype"] not in SLOT_DTYPES:
+            raise LoragenError(f"{f}: swap slot {s['name']} has unknown dtype {s['dtype']}")
+        return
+    if schema != ARTIFACT_SCHEMA_V2:
+        raise LoragenError(f"{f}: swap slot {s['name']} has an encoding, which schema {schema} does not have",
+                           code="version")
+    try:
+        enc = quant.get(s["encoding"])
+    except LoragenError as e:
+        raise LoragenError(f"{f}: swap slot {s['name']}: {e}", code="encoding") from None
+    part, param = s.get("part"), s.get("param")
+    if part not in quant.PARTS or not isinstance(param, str) or s["name"] != quant.part_name(param, part):
+        raise LoragenError(f"{f}: swap slot {s['name']} is not a part ({'/'.join(quant.PARTS)}) of a quantized weight",
+                           code="encoding")
+    if s["dtype"] not in PART_DTYPES or s["dtype"] != enc.part_dtypes()[part]:
+        raise LoragenError(f"{f}: swap slot {s['name']} has dtype {s['dtype']}, encoding {enc.id} stores "
+                           f"{enc.part_dtypes()[part]}", code="encoding")
 
 
 def as_artifact(artifact: "Artifact | str | os.PathLike", backend: str | None = None) -> Artifact:
@@ -176,7 +241,9 @@ def as_artifact(artifact: "Artifact | str | os.PathLike", backend: str | None = 
 
 
 def write_artifact_json(d: Path, meta: dict) -> None:
-    meta = {"schema": ARTIFACT_SCHEMA, **meta}
+    """artifact.json, schema v2 when a slot is quantized (v1 otherwise)."""
+    v2 = any("encoding" in s for s in (s if isinstance(s, dict) else s.to_dict() for s in meta.get("swap_slots", [])))
+    meta = {"schema": ARTIFACT_SCHEMA_V2 if v2 else ARTIFACT_SCHEMA, **meta}
     (d / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -9,7 +9,8 @@
 implements the hooks in between (docs/extending.md):
 
 * :meth:`Exporter.wrap` -> the ``torch.nn.Module`` to export (a wrapper of :mod:`.common`);
-* :meth:`Exporter.quantize` -> the wrapper, quantized (today every backend refuses a scheme);
+* :meth:`Exporter.quantize` -> the wrapper, quantized with ``job.quantize``, one of the backend's
+  ``schemes`` (scheme name -> :mod:`loragen_mobile.quant` encoding of the stored weights);
 * :meth:`Exporter.lower` -> writes the backend files into the output directory;
 * :meth:`Exporter.locate_slots` -> one :class:`SwapSlot` per swappable parameter, checked against
   the stored bytes;
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .. import dtypes
+from .. import dtypes, quant
 from ..errors import LoragenError
 from ..families import family_of
 from ..fsutil import atomic_dir
@@ -72,10 +73,17 @@ class ExportJob:
     quantize: str | None = None
     all_logits: bool = False
     state: dict[str, Any] = field(default_factory=dict)  # a backend's own values between hooks
+    encoding: quant.Encoding | None = None  # how quantized weights are stored (None: unquantized)
+    quantized: list[str] = field(default_factory=list)  # parameter names the quantize hook quantized
 
     @property
     def dtype(self) -> torch.dtype:
         return dtypes.parse_precision(self.precision)
+
+    def expected_parts(self, name: str) -> dict[str, torch.Tensor]:
+        """The stored parts of the quantized parameter ``name``, by the encoding's rule, from the
+        loaded (full-precision) weights: what locate_slots checks the written bytes against."""
+        return self.encoding.quantize(self.params[name].detach().float())
 
 
 class Exporter:
@@ -88,8 +96,8 @@ class Exporter:
     default_precision = "fp32"
     #: dtype the model is loaded in (None: the export precision's)
     load_dtype: torch.dtype | None = None
-    #: quantization schemes :meth:`quantize` implements (None = unquantized)
-    quantizations: tuple[str | None, ...] = (None,)
+    #: quantization schemes :meth:`quantize` implements: scheme name -> encoding id of the stored weights
+    schemes: dict[str, str] = {}
     #: files digested, in order, by :meth:`fingerprint` (swap-slot byte ranges left out)
     fingerprint_files: tuple[str, ...] = ()
 
@@ -106,8 +114,7 @@ class Exporter:
         every input position (default: the last one only)."""
         targets = tuple(targets) if targets else None  # None: the model family's default targets
         precision = self.check_precision(dtype or self.default_precision)
-        if quantize not in self.quantizations:
-            raise self._unsupported_quantization(quantize)
+        encoding = self.encoding_of(quantize)
         with atomic_dir(out_dir) as tmp, export_steps(len(STEPS), f"export {self.name}", progress) as bar:
             def step(i: int) -> None:
                 if i:
@@ -116,6 +123,7 @@ class Exporter:
 
             step(0)
             job = self.load(model_dir, tmp, precision, max_context, targets, adapter, quantize, all_logits)
+            job.encoding = encoding
             step(1)
             wrapper = self.wrap(job)
             step(2)
@@ -128,6 +136,21 @@ class Exporter:
             self.finish(job, slots)
             bar.update()
         return read_artifact(out_dir, self.name)
+
+    @property
+    def quantizations(self) -> tuple[str | None, ...]:
+        """None (unquantized) and the backend's scheme names."""
+        return (None, *self.schemes)
+
+    def encoding_of(self, scheme: str | None) -> quant.Encoding | None:
+        """The storage encoding of ``scheme`` (None for an unquantized export); unknown ones are refused."""
+        if scheme is None:
+            return None
+        if scheme not in self.schemes:
+            known = ", ".join(self.schemes) or "none"
+            raise LoragenError(f"{self.name}: unknown quantization scheme '{scheme}'; this backend has: {known}",
+                               code="usage")
+        return quant.get(self.schemes[scheme])
 
     def check_precision(self, precision: str) -> str:
         if precision not in self.precisions:
@@ -156,14 +179,11 @@ class Exporter:
         raise NotImplementedError
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
-        """Hook: the wrapper with ``job.quantize`` applied. No backend quantizes yet: anything but
-        ``None`` is refused (before loading, by ``quantizations``, and here)."""
+        """Hook: the wrapper with ``job.quantize`` applied (``job.encoding`` says how the weights
+        are stored; the hook lists what it quantized in ``job.quantized``). Unquantized: as is."""
         if job.quantize is not None:
-            raise self._unsupported_quantization(job.quantize)
+            raise LoragenError(f"{self.name}: quantization '{job.quantize}' is not implemented", code="usage")
         return wrapper
-
-    def _unsupported_quantization(self, scheme) -> LoragenError:
-        return LoragenError(f"{self.name}: unsupported quantization '{scheme}' (only unquantized export is available)")
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
         """Hook: convert ``wrapper`` and write the backend files into ``job.out``."""
@@ -184,6 +204,8 @@ class Exporter:
         meta = common_meta(job.model, job.model_dir, self.name, job.precision, job.max_context, job.targets,
                            job.adapter)
         meta["quantization"] = job.quantize
+        if job.encoding is not None:
+            meta["weight_encoding"] = {**job.encoding.describe(), "params": list(job.quantized)}
         backend = self.backend_meta(job)
         if "files" not in backend:
             raise LoragenError(f"{self.name}: backend metadata names no files")  # pragma: no cover - a bug
@@ -316,10 +338,38 @@ class Exporter:
         return report
 
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
-        """Hook: by default, prefill + ``steps`` decode logits vs eager PyTorch on the host runner."""
-        threshold = THRESHOLDS.get(art.meta.get("quantization") or art.meta["precision"], THRESHOLDS["fp32"])
+        """Hook: by default, prefill + ``steps`` decode logits vs eager PyTorch on the host runner. A
+        quantized artifact is held to the same-scheme quantized eager model (:meth:`reference_model`,
+        a tight threshold), and its distance from fp32 is reported next to it (a looser bound)."""
         prompt = validation_prompt(model.config, art.meta["max_context"], steps)
-        check_logits(report, self.open_runner(art), model, prompt, steps, threshold)
+        scheme = art.meta.get("quantization")
+        if not scheme:
+            threshold = THRESHOLDS.get(art.meta["precision"], THRESHOLDS["fp32"])
+            check_logits(report, self.open_runner(art), model, prompt, steps, threshold)
+            return
+        bits = quant.get((art.meta.get("weight_encoding") or {}).get("id")).bits
+        check_logits(report, self.open_runner(art), model, prompt, steps, THRESHOLDS[f"int{bits}"], prefix="fp32_")
+        check_logits(report, self.open_runner(art), self.reference_model(art, model), prompt, steps,
+                     THRESHOLDS["same_scheme"], exact_greedy=True)
+
+    def reference_model(self, art: Artifact, model) -> torch.nn.Module:
+        """Hook: the eager model quantized with the artifact's scheme (what the artifact must
+        reproduce). The default: every quantized weight replaced by its stored value
+        (dequantize(quantize(W)) by the encoding's rule), computed in fp32."""
+        return fake_quantize(model, art)
+
+
+def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
+    """``model`` (in place) with each weight the artifact quantized replaced by its dequantized
+    stored value, ``encoding.dequantize(encoding.quantize(W))``."""
+    info = art.meta.get("weight_encoding") or {}
+    enc = quant.get(info.get("id"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in info.get("params", []):
+            w = params[name]
+            w.copy_(enc.dequantize(enc.quantize(w.detach().float())).to(w.dtype))
+    return model
 
 
 def graph_name(param: str) -> str:
