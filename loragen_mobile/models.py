@@ -167,6 +167,33 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -
     return model.eval()
 
 
+def read_weights(model_dir: str | os.PathLike, names) -> dict[str, torch.Tensor]:
+    """The named weights of a HF directory (or cached Hub id) as fp32, read tensor by tensor from its
+    safetensors files (sharded or not) without loading the model."""
+    from safetensors import safe_open
+
+    d = resolve_model_dir(model_dir)
+    read_config(d)
+    index = d / "model.safetensors.index.json"
+    where = read_json_object(index).get("weight_map", {}) if index.is_file() else {}
+    single = d / "model.safetensors"
+    by_file: dict[str, list[str]] = {}
+    for n in names:
+        f = where.get(n) or (single.name if single.is_file() else None)
+        if f is None:
+            raise LoragenError(f"{d} has no safetensors weights for {n}", code="not-found")
+        by_file.setdefault(f, []).append(n)
+    out = {}
+    for f, group in by_file.items():
+        with safe_open(str(d / f), framework="pt") as st:
+            have = set(st.keys())
+            for n in group:
+                if n not in have:
+                    raise LoragenError(f"{d / f} has no tensor {n}", code="not-found")
+                out[n] = st.get_tensor(n).to(torch.float32)
+    return out
+
+
 def load_tokenizer(model_dir: str | os.PathLike):
     """The directory's tokenizer. A directory without a chat template (made before the template
     was recorded) gets :data:`CHAT_TEMPLATE`, the layout every preset model is trained with."""

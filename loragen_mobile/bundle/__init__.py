@@ -23,17 +23,13 @@ from ..exporters import as_artifact, get_exporter, read_swap_tensors
 from ..fsutil import atomic_file, refuse_existing
 from ..generator import generate_adapter, load_generator
 from ..lora import LoraAdapter, load_peft_adapter
+from ..models import config_hash, read_config, read_weights
 from .core import VerifiedBundle, build, swap_tensors, verify
 from .format import BundleError, read_file
 from .keys import load_private_key
 
 __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
            "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle"]
-
-
-def _artifact(artifact):
-    """The artifact read once (an :class:`~loragen_mobile.exporters.Artifact` is passed through)."""
-    return as_artifact(artifact)
 
 
 def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
@@ -43,20 +39,32 @@ def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
 
 def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,
                  generator_id: str | None = None, task: str | None = None, include_task: bool = False,
-                 created: str | None = None) -> bytes:
-    """Bundle bytes for ``adapter`` against the exported artifact in ``artifact_dir``."""
-    art = _artifact(artifact_dir)
+                 created: str | None = None, base_model=None) -> bytes:
+    """Bundle bytes for ``adapter`` against the exported artifact in ``artifact_dir``.
+
+    ``base_model``: the full-precision HF model the artifact was exported from (a merged bundle
+    for a quantized artifact quantizes W + scale * B @ A from its weights; without it, from the
+    artifact's dequantized weights, the documented fallback)."""
+    art = as_artifact(artifact_dir)
     if adapter.model_type and adapter.model_type != art.meta.get("model_type"):
         raise BundleError(f"adapter was made for model_type '{adapter.model_type}', "
                           f"the artifact is '{art.meta.get('model_type')}'", code="build")
     base = read_base_tensors(art) if kind == "merged" else None
+    full = None
+    if base_model is not None and kind == "merged" and art.quantized:
+        if config_hash(read_config(base_model)) != art.meta.get("config_hash"):
+            raise BundleError(f"base model {base_model} is not the model the artifact was exported from "
+                              "(config hashes differ)", code="build")
+        full = read_weights(base_model, [f"{m}.weight" for m in adapter.factors
+                                         if f"{m}.weight" in art.quantized_params()])
     return build(art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
                  task=task, include_task=include_task, created=created,
-                 task_sha256=adapter.metadata.get("loragen.task_sha256"))
+                 task_sha256=adapter.metadata.get("loragen.task_sha256"), full_precision=full)
 
 
 def build_bundle_file(artifact, out, kind: str = "merged", *, adapter_dir=None, generator_dir=None,
-                      task: str | None = None, sign_key=None, include_task: bool = False) -> tuple[Path, int]:
+                      task: str | None = None, sign_key=None, include_task: bool = False,
+                      base_model=None) -> tuple[Path, int]:
     """Build a bundle from a PEFT adapter directory, or from a generator and a task description, and
     write it to ``out`` (atomically); ``sign_key``: a private key PEM path (``None``: unsigned).
     Every input is checked before anything is written. Returns the path and the size in bytes."""
@@ -71,7 +79,7 @@ def build_bundle_file(artifact, out, kind: str = "merged", *, adapter_dir=None, 
             raise LoragenError("--generator needs --task \"<task description>\"", code="usage")
         adapter = generate_adapter(load_generator(generator_dir), task)
     data = build_bundle(artifact, adapter, kind, private_key=key, generator_id=adapter.metadata.get("loragen.generator_id"),
-                        task=task, include_task=include_task)
+                        task=task, include_task=include_task, base_model=base_model)
     return write_bundle(data, out), len(data)
 
 
@@ -84,7 +92,7 @@ def write_bundle(data: bytes, out: str | os.PathLike, overwrite: bool = False) -
 def verify_bundle(bundle: bytes | str | os.PathLike, artifact_dir, public_key=None,
                   require_signature: bool = True) -> VerifiedBundle:
     raw = bundle if isinstance(bundle, (bytes, bytearray)) else read_file(bundle)
-    return verify(bytes(raw), _artifact(artifact_dir).meta, public_key, require_signature)
+    return verify(bytes(raw), as_artifact(artifact_dir).meta, public_key, require_signature)
 
 
 def bundle_swap(vb: VerifiedBundle, artifact_dir) -> dict[str, torch.Tensor]:
@@ -97,13 +105,13 @@ def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: 
     """Verify, then write a new specialized artifact directory (the source is never modified).
     artifact.json is read once; the :class:`~loragen_mobile.exporters.Artifact` goes to each step."""
     refuse_existing(out)
-    art = _artifact(artifact_dir)
+    art = as_artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
     return get_exporter(art.backend).apply_swap(art, bundle_swap(vb, art), out)
 
 
 def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):
     """A host runner for the artifact with the bundle swapped in at load (nothing written)."""
-    art = _artifact(artifact_dir)
+    art = as_artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
     return get_exporter(art.backend).open_runner(art, swap=bundle_swap(vb, art))

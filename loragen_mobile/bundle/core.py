@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import dtypes
+from .. import dtypes, quant
 from ..errors import LoragenError
-from ..lora import LoraAdapter, merged_tensors
+from ..lora import MAX_ABS_WEIGHT, LoraAdapter, merged_tensors
 from . import format as fmt
 from .format import BundleError
 from .keys import key_id
@@ -47,9 +47,39 @@ def module_of(param: str) -> str:
     return param[: -len(".weight")] if param.endswith(".weight") else param
 
 
+def quantized_groups(slots: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """param -> {part: slot} for the quantized swap slots (schema v2 part slots) of an artifact."""
+    out: dict[str, dict[str, dict]] = {}
+    for s in slots.values():
+        if "encoding" in s:
+            out.setdefault(s.get("param"), {})[s.get("part")] = s
+    return out
+
+
+def _encoding(group: dict[str, dict], code: str = "encoding") -> quant.Encoding:
+    ids = {s.get("encoding") for s in group.values()}
+    if len(ids) != 1 or set(group) != set(quant.PARTS):
+        raise BundleError(f"quantized weight {next(iter(group.values())).get('param')} does not have one encoding "
+                          f"over parts {'/'.join(quant.PARTS)}", code=code)
+    try:
+        return quant.get(ids.pop())
+    except LoragenError as e:
+        raise BundleError(str(e), code="encoding") from None
+
+
+def weight_shape(enc: quant.Encoding, group: dict[str, dict]) -> list[int]:
+    """The [out, in] shape of a quantized weight, from its q part's stored shape."""
+    shape = group["q"]["shape"]
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    return [shape[0], n * 8 // enc.bits]
+
+
 def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch.Tensor] | None = None,
           private_key=None, generator_id: str | None = None, task: str | None = None,
-          include_task: bool = False, created: str | None = None, task_sha256: str | None = None) -> bytes:
+          include_task: bool = False, created: str | None = None, task_sha256: str | None = None,
+          full_precision: dict[str, torch.Tensor] | None = None) -> bytes:
     """Serialize a bundle for ``artifact``; the same inputs give the same bytes.
 
     No wall-clock time enters the signed bytes: ``created`` is written only when the caller passes
@@ -65,10 +95,12 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
         raise BundleError(f"unknown bundle kind '{kind}'; use one of {', '.join(fmt.KINDS)}", code="kind")
     check_lora_params(adapter.r, adapter.alpha, adapter.scale, code="build")
     slots = slots_by_param(artifact)
-    extra = [m for m in adapter.factors if f"{m}.weight" not in slots]
-    if extra:
-        raise BundleError(f"adapter module {extra[0]} has no swap slot in the artifact "
-                          f"(artifact targets: {sorted({p.split('.')[-2] for p in slots})})", code="slot")
+    groups = quantized_groups(slots)
+    if groups:
+        tensors, entries = _build_quantized(slots, groups, adapter, kind, base, full_precision)
+        return _finish(artifact, adapter, kind, tensors, entries, fmt.FORMAT_VERSION_QUANTIZED, private_key,
+                       generator_id, task, include_task, created, task_sha256)
+    _adapter_modules(adapter, slots)
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     if kind == "merged":
@@ -98,9 +130,77 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
                 tensors[name] = t
                 entries[name] = {"param": f"{m}.weight", "slot": _locator(slot), "dtype": st_dtype(dt),
                                  "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t)}
+    return _finish(artifact, adapter, kind, tensors, entries, fmt.FORMAT_VERSION, private_key, generator_id, task,
+                   include_task, created, task_sha256)
+
+
+def _adapter_modules(adapter: LoraAdapter, params) -> None:
+    extra = [m for m in adapter.factors if f"{m}.weight" not in params]
+    if extra:
+        raise BundleError(f"adapter module {extra[0]} has no swap slot in the artifact "
+                          f"(artifact targets: {sorted({p.split('.')[-2] for p in params})})", code="slot")
+
+
+def _build_quantized(slots, groups, adapter: LoraAdapter, kind: str, base, full_precision):
+    """Tensors and manifest entries of a version-2 bundle (see :func:`build`)."""
+    _adapter_modules(adapter, groups)
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    if kind == "merged":
+        if base is None:
+            raise BundleError("a merged bundle needs the artifact's stored parts of the quantized weights", code="build")
+        missing = [n for n in slots if n not in base]
+        if missing:
+            raise BundleError(f"base values missing for swap slot {missing[0]}", code="build")
+        for p, group in groups.items():
+            enc = _encoding(group, code="build")
+            m = module_of(p)
+            if m in adapter.factors:
+                if full_precision is not None:
+                    if p not in full_precision:
+                        raise BundleError(f"the full-precision base has no tensor {p}", code="build")
+                    w = full_precision[p].float()
+                else:
+                    w = enc.dequantize({k: base[s["name"]] for k, s in group.items()})
+                if list(w.shape) != weight_shape(enc, group):
+                    raise BundleError(f"full-precision {p} is {list(w.shape)}, the artifact's weight is "
+                                      f"{weight_shape(enc, group)}", code="build")
+                parts = enc.quantize(merged_tensors({p: w}, _one(adapter, m))[p])
+            else:
+                parts = {k: base[s["name"]] for k, s in group.items()}
+            for k, slot in group.items():
+                t = parts[k].contiguous()
+                tensors[slot["name"]] = t
+                entries[slot["name"]] = {"param": slot["name"], "slot": _locator(slot), "dtype": st_dtype(t.dtype),
+                                         "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t), "encoding": enc.id}
+        return tensors, entries
+    for m, (a, b) in sorted(adapter.factors.items()):
+        p = f"{m}.weight"
+        group = groups[p]
+        enc = _encoding(group, code="build")
+        out_f, in_f = weight_shape(enc, group)
+        if list(a.shape) != [adapter.r, in_f] or list(b.shape) != [out_f, adapter.r]:
+            raise BundleError(f"LoRA factors of {m} (A {list(a.shape)}, B {list(b.shape)}) do not fit the weight "
+                              f"{[out_f, in_f]}", code="build")
+        for which, t in (("lora_A", a), ("lora_B", b)):
+            t = t.to(torch.float32).contiguous()
+            name = f"{m}.{which}"
+            tensors[name] = t
+            entries[name] = {"param": p, "slot": {k: _locator(sl) for k, sl in sorted(group.items())}, "dtype": "F32",
+                             "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t), "encoding": enc.id}
+    return tensors, entries
+
+
+def _one(adapter: LoraAdapter, module: str) -> LoraAdapter:
+    return LoraAdapter({module: adapter.factors[module]}, r=adapter.r, alpha=adapter.alpha)
+
+
+def _finish(artifact: dict, adapter: LoraAdapter, kind: str, tensors: dict, entries: dict, version: int,
+            private_key, generator_id, task, include_task, created, task_sha256) -> bytes:
+    """The manifest around ``tensors``/``entries``, the value bounds checked, serialized and signed."""
     manifest = {
         "format": fmt.FORMAT,
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": version,
         "kind": kind,
         "base": {"fingerprint": artifact["fingerprint"], "backend": artifact["backend"],
                  "model_id": artifact.get("model_id"), "config_hash": artifact.get("config_hash")},
@@ -175,10 +275,18 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
         names = set(entries or {}) ^ set(pb.tensors)
         raise BundleError(f"bundle manifest and tensors disagree on {sorted(names)[:1]}", code="manifest")
     slots = slots_by_param(artifact)
+    groups = quantized_groups(slots)
+    version = m["format_version"]
+    want_version = fmt.FORMAT_VERSION_QUANTIZED if groups else fmt.FORMAT_VERSION
+    if version != want_version:
+        raise BundleError(f"bundle format_version {version} does not fit this artifact (its "
+                          f"{'quantized' if groups else 'unquantized'} swap slots take version {want_version})",
+                          code="version")
     if kind == "merged":
         expected = set(slots)
     else:
-        expected = {f"{module_of(p)}.{w}" for p in {e["param"] for e in entries.values()} if p in slots
+        lora_params = groups if groups else slots
+        expected = {f"{module_of(p)}.{w}" for p in {e["param"] for e in entries.values()} if p in lora_params
                     for w in ("lora_A", "lora_B")}
         lora = m.get("lora")
         if not isinstance(lora, dict):
@@ -191,25 +299,19 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
         raise BundleError(f"bundle has unexpected tensor {extra[0]} (no such swap slot in the artifact)", code="extra_tensor")
     for name, e in sorted(entries.items()):
         te = pb.tensors[name]
-        slot = slots.get(e["param"])
-        if slot is None:
-            raise BundleError(f"tensor {name} names parameter {e['param']!r}, which has no swap slot", code="slot")
-        if not fmt.json_equal(e["slot"], _locator(slot)):
-            raise BundleError(f"tensor {name} is addressed to slot {e['slot']}, the artifact has {_locator(slot)}", code="slot")
-        if e["dtype"] != te.dtype or not fmt.json_equal(e["shape"], list(te.shape)):
-            raise BundleError(f"tensor {name}: manifest says {e['dtype']} {e['shape']}, data is {te.dtype} {list(te.shape)}", code="manifest")
-        want_dt = st_dtype(slot["dtype"])
-        if te.dtype != want_dt:
-            raise BundleError(f"tensor {name} has dtype {te.dtype}, the artifact's slot is {want_dt}", code="dtype")
-        out_f, in_f = slot["shape"]
+        if groups:
+            out_f, in_f = _check_quantized_entry(name, e, te, kind, slots, groups)
+        else:
+            out_f, in_f = _check_entry(name, e, te, kind, slots)
         if kind == "merged":
-            ok = list(te.shape) == list(slot["shape"])
+            ok = True  # the slot's own shape, checked above
         elif name.endswith(".lora_A"):
             ok = len(te.shape) == 2 and te.shape[1] == in_f and te.shape[0] == m["lora"]["r"]
         else:
             ok = len(te.shape) == 2 and te.shape[0] == out_f and te.shape[1] == m["lora"]["r"]
         if not ok:
-            raise BundleError(f"tensor {name} has shape {list(te.shape)}, which does not fit slot shape {slot['shape']}", code="shape")
+            raise BundleError(f"tensor {name} has shape {list(te.shape)}, which does not fit weight shape {[out_f, in_f]}",
+                              code="shape")
         data = pb.tensor_bytes(name)
         if hashlib.sha256(data).hexdigest() != e["sha256"]:
             raise BundleError(f"tensor {name} does not match its sha256 in the manifest", code="digest")
@@ -219,6 +321,56 @@ def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool 
     return VerifiedBundle(pb, kind, m, verified)
 
 
+def _check_entry(name: str, e: dict, te, kind: str, slots: dict) -> tuple[int, int]:
+    """A version-1 entry against its (unquantized) slot; returns the weight's [out, in]."""
+    slot = slots.get(e["param"])
+    if slot is None:
+        raise BundleError(f"tensor {name} names parameter {e['param']!r}, which has no swap slot", code="slot")
+    if not fmt.json_equal(e["slot"], _locator(slot)):
+        raise BundleError(f"tensor {name} is addressed to slot {e['slot']}, the artifact has {_locator(slot)}", code="slot")
+    _check_data_type(name, e, te)
+    want_dt = st_dtype(slot["dtype"])
+    if te.dtype != want_dt:
+        raise BundleError(f"tensor {name} has dtype {te.dtype}, the artifact's slot is {want_dt}", code="dtype")
+    if kind == "merged" and list(te.shape) != list(slot["shape"]):
+        raise BundleError(f"tensor {name} has shape {list(te.shape)}, the slot's is {slot['shape']}", code="shape")
+    out_f, in_f = slot["shape"]
+    return out_f, in_f
+
+
+def _check_quantized_entry(name: str, e: dict, te, kind: str, slots: dict, groups: dict) -> tuple[int, int]:
+    """A version-2 entry: its encoding and slot(s) against the artifact's quantized slots."""
+    if kind == "merged":
+        slot = slots.get(e["param"])
+        if slot is None or "encoding" not in slot:
+            raise BundleError(f"tensor {name} names {e['param']!r}, which is no quantized swap slot", code="slot")
+        group = groups[slot["param"]]
+        locator = _locator(slot)
+    else:
+        group = groups.get(e["param"])
+        if group is None:
+            raise BundleError(f"tensor {name} names parameter {e['param']!r}, which has no quantized swap slot", code="slot")
+        locator = {k: _locator(sl) for k, sl in sorted(group.items())}
+    enc = _encoding(group)
+    if e.get("encoding") != enc.id:
+        raise BundleError(f"tensor {name} is encoded {e.get('encoding')!r}, the artifact stores {enc.id}", code="encoding")
+    if not fmt.json_equal(e["slot"], locator):
+        raise BundleError(f"tensor {name} is addressed to slot {e['slot']}, the artifact has {locator}", code="slot")
+    _check_data_type(name, e, te)
+    want_dt = st_dtype(slot["dtype"]) if kind == "merged" else "F32"
+    if te.dtype != want_dt:
+        raise BundleError(f"tensor {name} has dtype {te.dtype}, the artifact's slot takes {want_dt}", code="dtype")
+    if kind == "merged" and list(te.shape) != list(slot["shape"]):
+        raise BundleError(f"tensor {name} has shape {list(te.shape)}, the slot's is {slot['shape']}", code="shape")
+    out_f, in_f = weight_shape(enc, group)
+    return out_f, in_f
+
+
+def _check_data_type(name: str, e: dict, te) -> None:
+    if e["dtype"] != te.dtype or not fmt.json_equal(e["shape"], list(te.shape)):
+        raise BundleError(f"tensor {name}: manifest says {e['dtype']} {e['shape']}, data is {te.dtype} {list(te.shape)}", code="manifest")
+
+
 def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Parameter name -> replacement tensor. lora kind: merged here on the host (fp32 accumulation,
     output in the slot dtype) from ``base``, the artifact's own values."""
@@ -226,6 +378,8 @@ def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None
         return {e["param"]: vb.parsed.tensor(n) for n, e in vb.manifest["tensors"].items()}
     if base is None:
         raise BundleError("a lora bundle needs the artifact's base values to merge on the host", code="build")
+    if vb.manifest["format_version"] == fmt.FORMAT_VERSION_QUANTIZED:
+        return _requantized(vb, base)
     lora = vb.manifest["lora"]
     factors = {}
     for n, e in vb.manifest["tensors"].items():
@@ -239,3 +393,26 @@ def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None
         raise
     except LoragenError as e:  # a merged weight out of bounds: the bundle does not fit this base
         raise BundleError(str(e), code="merge") from None
+
+
+def _requantized(vb: VerifiedBundle, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A version-2 lora bundle applied as a phone does: per weight, dequantize the stored parts
+    (``base``: the artifact's values by slot name), merge in fp64 (:func:`quant.device_merge`),
+    quantize again with the slot's encoding; returns the new parts by slot name."""
+    scale = float(vb.manifest["lora"]["scale"])
+    out: dict[str, torch.Tensor] = {}
+    for n, e in sorted(vb.manifest["tensors"].items()):
+        if not n.endswith(".lora_A"):
+            continue
+        p, m = e["param"], module_of(e["param"])
+        enc = quant.get(e["encoding"])
+        names = {k: quant.part_name(p, k) for k in quant.PARTS}
+        w = quant.device_merge(enc.dequantize({k: base[v] for k, v in names.items()}),
+                               vb.parsed.tensor(n), vb.parsed.tensor(f"{m}.lora_B"), scale)
+        peak = float(w.abs().max()) if w.numel() else 0.0
+        if not peak <= MAX_ABS_WEIGHT:  # NaN fails too
+            raise BundleError(f"merge of {p} produced NaN or Inf values or a weight beyond +-{MAX_ABS_WEIGHT:g}; "
+                              "the bundle does not fit this base", code="merge")
+        parts = enc.quantize(w)
+        out.update({names[k]: parts[k] for k in quant.PARTS})
+    return out

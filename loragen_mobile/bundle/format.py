@@ -29,6 +29,10 @@ from ..errors import LoragenError
 
 FORMAT = "loragen-bundle"
 FORMAT_VERSION = 1
+#: the version of bundles for artifacts with quantized swap slots (entries carry an ``encoding``);
+#: bundles for unquantized artifacts stay version 1, so every v1 reader keeps reading them
+FORMAT_VERSION_QUANTIZED = 2
+VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_QUANTIZED)
 KINDS = ("merged", "lora")
 SIG_KEY = "loragen.signature"
 MANIFEST_KEY = "loragen.manifest"
@@ -138,8 +142,9 @@ def json_equal(a, b) -> bool:
     return a == b
 
 
-def parse(raw: bytes) -> ParsedBundle:
-    """Check the container's structure; raise BundleError with one line on any defect."""
+def parse(raw: bytes, versions: tuple[int, ...] = VERSIONS) -> ParsedBundle:
+    """Check the container's structure; raise BundleError with one line on any defect. A
+    ``format_version`` outside ``versions`` is refused (code ``version``)."""
     if len(raw) < 8:
         raise BundleError(f"bundle is truncated: {len(raw)} bytes, shorter than the 8-byte header length", code="truncated")
     (n,) = struct.unpack("<Q", raw[:8])
@@ -171,8 +176,9 @@ def parse(raw: bytes) -> ParsedBundle:
         raise BundleError(f"bundle has no valid '{MANIFEST_KEY}' JSON", code="manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"not a {FORMAT} file (manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r})", code="format")
-    if type(manifest.get("format_version")) is not int or manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"unsupported bundle format_version {manifest.get('format_version')!r}; this reader supports {FORMAT_VERSION}", code="version")
+    if type(manifest.get("format_version")) is not int or manifest.get("format_version") not in versions:
+        raise BundleError(f"unsupported bundle format_version {manifest.get('format_version')!r}; this reader "
+                          f"supports {', '.join(map(str, versions))}", code="version")
     data_len = len(raw) - 8 - n
     entries = []
     for name, spec in header.items():

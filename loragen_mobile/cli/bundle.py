@@ -34,6 +34,9 @@ def register(sub):
     b.add_argument("--sign-key", help="Ed25519 private key (PEM); omit only for an unsigned bundle with --unsigned")
     b.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (development only)")
     b.add_argument("--include-task", action="store_true", help="store the task text in the manifest (default: its sha256 only)")
+    b.add_argument("--base-model", help="full-precision model the artifact was exported from (HF directory or cached "
+                   "Hub id): a merged bundle for a quantized artifact is quantized from it (default: from the "
+                   "artifact's dequantized weights)")
     b.add_argument("--out", required=True, help="bundle file to write (must not exist)")
     b.set_defaults(func=run_build)
 
@@ -70,7 +73,7 @@ def run_build(args):
         raise LoragenError("--sign-key is required (or --unsigned for a development bundle)", code="usage")
     out, size = build_bundle_file(args.artifact, args.out, args.kind, adapter_dir=args.adapter,
                                   generator_dir=args.generator, task=args.task, sign_key=args.sign_key,
-                                  include_task=args.include_task)
+                                  include_task=args.include_task, base_model=args.base_model)
     print(f"wrote {out} ({size} bytes, kind {args.kind})")
 
 
