@@ -93,6 +93,13 @@ class Encoding:
         q_cols = in_f * self.bits // 8
         return {"q": [out_f, q_cols], "scale": [out_f, groups]}
 
+    def weight_shape(self, q_shape) -> list[int]:
+        """The ``[out, in]`` shape of the weight whose q part has the stored shape ``q_shape``."""
+        n = 1
+        for d in list(q_shape)[1:]:
+            n *= int(d)
+        return [int(q_shape[0]), n * 8 // self.bits]
+
     def part_dtypes(self) -> dict[str, str]:
         return {"q": self.q_dtype, "scale": self.scale_dtype}
 

@@ -17,6 +17,7 @@ BENCHES = {
     "merge": "merge",
     "runtime": "runtime",
     "bundle": "bundle",
+    "quant": "quant",
     "speedup": "speedup",
     "serve": "serve",
     "cli": "cli",

@@ -69,11 +69,7 @@ def _encoding(group: dict[str, dict], code: str = "encoding") -> quant.Encoding:
 
 def weight_shape(enc: quant.Encoding, group: dict[str, dict]) -> list[int]:
     """The [out, in] shape of a quantized weight, from its q part's stored shape."""
-    shape = group["q"]["shape"]
-    n = 1
-    for d in shape[1:]:
-        n *= d
-    return [shape[0], n * 8 // enc.bits]
+    return enc.weight_shape(group["q"]["shape"])
 
 
 def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch.Tensor] | None = None,

@@ -205,7 +205,12 @@ class Exporter:
                            job.adapter)
         meta["quantization"] = job.quantize
         if job.encoding is not None:
-            meta["weight_encoding"] = {**job.encoding.describe(), "params": list(job.quantized)}
+            shapes = [job.params[n].shape for n in job.quantized]
+            meta["weight_encoding"] = {
+                **job.encoding.describe(), "params": list(job.quantized),
+                # bytes of the quantized weights as stored (codes + scales) and as fp32
+                "stored_bytes": sum(job.encoding.nbytes(s) for s in shapes),
+                "fp32_bytes": sum(4 * s.numel() for s in shapes)}
         backend = self.backend_meta(job)
         if "files" not in backend:
             raise LoragenError(f"{self.name}: backend metadata names no files")  # pragma: no cover - a bug
