@@ -9,6 +9,14 @@ EXAMPLES = """
 """
 
 
+#: each backend's quantization schemes, for --help (which must not import the exporters; a test
+#: checks it against the exporters' own tables)
+QUANTIZE_SCHEMES = {"executorch": ("8da4w-g32", "8da4w-g128", "8da8w"),
+                    "onnx": ("int4-b32", "int4-b128", "int8-b128"),
+                    "coreml": ("int4-b32", "int8")}
+QUANTIZE_HELP = "; ".join(f"{b}: {', '.join(s)}" for b, s in QUANTIZE_SCHEMES.items()) + " (docs/quantization.md)"
+
+
 def register(sub):
     p = add_verb(sub, "export", "export a model to ExecuTorch (.pte/.ptd), ONNX or Core ML with a KV cache",
                  EXAMPLES)
@@ -22,7 +30,7 @@ def register(sub):
     p.add_argument("--max-context", type=int, help="KV-cache length in tokens (default: recipe or 128)")
     p.add_argument("--dtype", choices=["fp32", "fp16"],
                    help="precision (default: recipe, else fp32; Core ML defaults to fp16)")
-    p.add_argument("--quantize", help="weight quantization (none implemented yet; reserved)")
+    p.add_argument("--quantize", metavar="SCHEME", help="quantize the linear weights: " + QUANTIZE_HELP)
     p.add_argument("--targets", help="comma-separated LoRA target modules whose weights become swap slots "
                                       "(default gate_proj,up_proj,down_proj)")
     p.add_argument("--unmerged-adapter", help="PEFT adapter to keep UNMERGED in the graph (the conventional "
