@@ -29,12 +29,27 @@ from .format import BundleError, read_file
 from .keys import load_private_key
 
 __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
+           "full_precision_weights",
            "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle"]
 
 
 def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
     """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
     return read_swap_tensors(artifact)
+
+
+def full_precision_weights(artifact, base_model, params=None) -> dict[str, torch.Tensor] | None:
+    """The full-precision weights of a quantized artifact's swappable parameters (those in
+    ``params``, default all), read from ``base_model``, the model it was exported from (checked by
+    config hash). None when the artifact is not quantized or no base model is given."""
+    art = as_artifact(artifact)
+    if base_model is None or not art.quantized:
+        return None
+    if config_hash(read_config(base_model)) != art.meta.get("config_hash"):
+        raise BundleError(f"base model {base_model} is not the model {art.path} was exported from "
+                          "(config hashes differ)", code="build")
+    names = [p for p in art.quantized_params() if params is None or p in params]
+    return read_weights(base_model, names)
 
 
 def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,
@@ -50,13 +65,7 @@ def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", priva
         raise BundleError(f"adapter was made for model_type '{adapter.model_type}', "
                           f"the artifact is '{art.meta.get('model_type')}'", code="build")
     base = read_base_tensors(art) if kind == "merged" else None
-    full = None
-    if base_model is not None and kind == "merged" and art.quantized:
-        if config_hash(read_config(base_model)) != art.meta.get("config_hash"):
-            raise BundleError(f"base model {base_model} is not the model the artifact was exported from "
-                              "(config hashes differ)", code="build")
-        full = read_weights(base_model, [f"{m}.weight" for m in adapter.factors
-                                         if f"{m}.weight" in art.quantized_params()])
+    full = full_precision_weights(art, base_model, [f"{m}.weight" for m in adapter.factors]) if kind == "merged" else None
     return build(art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
                  task=task, include_task=include_task, created=created,
                  task_sha256=adapter.metadata.get("loragen.task_sha256"), full_precision=full)

@@ -26,7 +26,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bundle import read_base_tensors
+from ..bundle import full_precision_weights, read_base_tensors
 from ..bundle.core import build
 from ..bundle.format import FORMAT_VERSION, parse
 from ..bundle.keys import key_id, load_private_key
@@ -64,6 +64,9 @@ class ServiceConfig:
     auth_failures_per_minute: float = 10.0  # invalid API keys accepted per client address
     host: str = "127.0.0.1"
     port: int = 8080
+    # artifact directory name -> the full-precision model it was exported from (HF directory or cached
+    # Hub id): merged bundles for a quantized artifact are quantized from it (docs/quantization.md)
+    base_models: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> "ServiceConfig":
         if self.max_task_bytes < 1 or self.max_batch < 1 or self.batch_window_s < 0:
@@ -364,6 +367,7 @@ class ServedArtifact:
     path: Path
     meta: dict
     base: dict  # the artifact's own values of its swappable tensors (merged bundles start from these)
+    full_precision: dict | None = None  # a quantized artifact's weights in full precision (base_models)
 
     @property
     def fingerprint(self) -> str:
@@ -400,7 +404,9 @@ class Specializer:
         self.artifacts: list[ServedArtifact] = []
         for a in cfg.artifacts:
             art = read_artifact(a)
-            served = ServedArtifact(Path(a).resolve().name, art.path, art.meta, read_base_tensors(a))
+            name = Path(a).resolve().name
+            served = ServedArtifact(name, art.path, art.meta, read_base_tensors(art),
+                                    full_precision_weights(art, cfg.base_models.get(name)))
             _check_servable(self.generator, served)
             for other in self.artifacts:
                 if served.name == other.name or served.fingerprint == other.fingerprint:
@@ -514,7 +520,8 @@ class Specializer:
         for bid, task, art, kind in items:
             try:
                 raw = build(art.meta, adapters[task], kind, base=art.base if kind == "merged" else None,
-                            private_key=self.key, generator_id=self.generator_id, task=task)
+                            private_key=self.key, generator_id=self.generator_id, task=task,
+                            full_precision=art.full_precision)
                 out.append(self.store.put(bid, raw, {"manifest": parse(raw).manifest, "artifact": art.name,
                                                      "fingerprint": art.fingerprint}))
                 self.metrics.bundles_built.inc()
