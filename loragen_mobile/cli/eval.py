@@ -15,6 +15,10 @@ def register(sub):
     p.add_argument("--out", required=True, help="report JSON to write")
     p.add_argument("--methods", help="comma-separated subset of: edge_prompt,edge_no_prompt,task_lora,loragen,loragen_wrong")
     p.add_argument("--lora-steps", type=int, default=60, help="training steps of the per-task LoRA baseline")
+    p.add_argument("--weight-encoding", metavar="ID",
+                   help="evaluate the edge model with its decoder linear weights as a quantized artifact stores "
+                        "them (an encoding of docs/quantization.md, e.g. ort-int8-b128); LoRAs are merged in full "
+                        "precision and quantized, as a merged bundle is")
     p.set_defaults(func=run)
 
 
@@ -24,7 +28,8 @@ def run(args):
 
     read_jsonl(args.data)  # a bad data file fails before the generator is loaded
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else METHODS
-    report = evaluate(args.generator, args.data, methods=methods, lora_steps=args.lora_steps)
+    report = evaluate(args.generator, args.data, methods=methods, lora_steps=args.lora_steps,
+                      weight_encoding=args.weight_encoding)
     write_report(report, args.out)
     print(format_report(report))
     print(f"report written to {args.out}")

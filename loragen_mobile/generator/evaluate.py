@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import quant
 from ..data import group_by_task, read_jsonl
 from ..errors import LoragenError
 from ..fsutil import atomic_file
@@ -33,23 +34,38 @@ METHODS = ("edge_prompt", "edge_no_prompt", "task_lora", "loragen", "loragen_wro
 
 
 class _Swapper:
-    """Load per-task weights into one edge model instance and restore the base afterwards."""
+    """Load per-task weights into one edge model instance and restore the base afterwards.
 
-    def __init__(self, model):
+    With ``encoding`` (a :mod:`loragen_mobile.quant` encoding), every decoder linear weight holds
+    what a quantized artifact stores (``dequantize(quantize(W))``), and a merged LoRA gives
+    ``dequantize(quantize(W + scale * B @ A))`` from the full-precision W, as a merged bundle."""
+
+    def __init__(self, model, encoding=None):
         self.model = model
         self.params = dict(model.named_parameters())
         self.base = {}
+        self.encoding = encoding
+        self.full: dict[str, torch.Tensor] = {}
+        if encoding is not None:
+            self.full = {n: p.detach().clone() for n, p in self.params.items()
+                         if ".layers." in n and n.endswith(".weight") and p.dim() == 2}
+            with torch.no_grad():
+                for n, w in self.full.items():
+                    self.params[n].copy_(self._stored(w))
+
+    def _stored(self, w: torch.Tensor) -> torch.Tensor:
+        return self.encoding.dequantize(self.encoding.quantize(w.float())).to(w.dtype)
 
     def apply(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Merge scale-1 factors (module name -> (A, B)) with the project's one merge."""
         self.restore()
         rank = next(iter(factors.values()))[0].shape[0]
-        merged = merged_tensors({k: p.detach() for k, p in self.params.items()},
+        merged = merged_tensors({k: self.full.get(k, p.detach()) for k, p in self.params.items()},
                                 LoraAdapter(factors, r=rank, alpha=float(rank)))
         with torch.no_grad():
             for key, w in merged.items():
                 self.base[key] = self.params[key].detach().clone()
-                self.params[key].copy_(w)
+                self.params[key].copy_(self._stored(w) if key in self.full else w)
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -115,8 +131,11 @@ def task_lora(g: Generator, recs: list[dict], steps: int, lr: float, seed: int) 
 
 
 def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=METHODS,
-             lora_steps: int = 60, lora_lr: float = 1e-2, progress: bool = True) -> dict:
-    """Accuracy and mean input tokens per (suite, split, method); compression ratios."""
+             lora_steps: int = 60, lora_lr: float = 1e-2, progress: bool = True,
+             weight_encoding: str | None = None) -> dict:
+    """Accuracy and mean input tokens per (suite, split, method); compression ratios.
+    ``weight_encoding``: evaluate the edge model with quantized decoder weights (see :class:`_Swapper`)."""
+    encoding = quant.get(weight_encoding) if weight_encoding else None
     if not isinstance(g, Generator):
         g = load_generator(g)
     bad = [m for m in methods if m not in METHODS]
@@ -143,7 +162,7 @@ def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=
         for s in range(0, len(systems), 16):
             gen_factors += generate_factors(g, systems[s:s + 16])
     model, tok = g.edge, g.edge_tokenizer
-    swap = _Swapper(model)
+    swap = _Swapper(model, encoding)
     cells: dict = OrderedDict()
     bar = None
     if progress:
@@ -182,6 +201,7 @@ def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=
             row["compression_ratio"] = row["edge_prompt"]["mean_input_tokens"] / row["loragen"]["mean_input_tokens"]
         results.setdefault(suite, {})[split] = row
     return {"generator_id": g.generator_id, "data": str(data), "tasks": len(ids), "methods": list(methods),
+            "weight_encoding": weight_encoding,
             "task_lora": {"steps": lora_steps, "lr": lora_lr, "rank": g.cfg.rank}, "results": results}
 
 

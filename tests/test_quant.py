@@ -1,0 +1,106 @@
+"""The weight encodings of loragen_mobile.quant: the rules against the backends' own quantizers where
+they can be called directly, the layouts, and the quantized edge model of `loragen eval`."""
+
+import numpy as np
+import pytest
+import torch
+
+from loragen_mobile import quant
+from loragen_mobile.errors import LoragenError
+
+
+def _weights(out_f=48, in_f=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g) * 0.05
+    w[0, :128] = 0  # an all-zero group/block (every group size)
+    w[1, :32] = torch.tensor([0.5, -0.5] * 16)  # a sign tie in one block
+    w[2] *= 300  # a large-magnitude row
+    return w
+
+
+@pytest.mark.parametrize("bits,block", [(4, 32), (4, 128), (8, 32), (8, 128)])
+def test_ort_rule_is_onnxruntimes_quantizer(bits, block):
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    w = _weights()
+    b = w.T.contiguous().numpy()  # MatMul's B: [K = in, N = out]
+    k, n = b.shape
+    packed = np.zeros((n, k // block, block * bits // 8), dtype=np.uint8)
+    scales = np.zeros(n * (k // block), dtype=np.float32)
+    zp = np.zeros(n * ((k // block * bits + 7) // 8), dtype=np.uint8)
+    (quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits)(packed, b, scales, zp, block, n, k, True)
+    parts = quant.get(f"ort-int{bits}-b{block}").quantize(w)
+    assert np.array_equal(parts["q"].numpy(), packed)
+    assert np.array_equal(parts["scale"].numpy(), scales.reshape(n, k // block))
+
+
+@pytest.mark.parametrize("enc_id", quant.KNOWN)
+def test_layout_and_round_trip(enc_id):
+    enc = quant.get(enc_id)
+    w = _weights()
+    parts = enc.quantize(w)
+    shapes, dts = enc.part_shapes(w.shape), enc.part_dtypes()
+    for k in quant.PARTS:
+        assert list(parts[k].shape) == shapes[k] and str(parts[k].dtype) == f"torch.{dts[k]}"
+    assert enc.weight_shape(parts["q"].shape) == list(w.shape)
+    assert sum(t.numel() * t.element_size() for t in parts.values()) == enc.nbytes(w.shape)
+    # the dequantized weight is within a bounded number of steps of the original: half a step plus
+    # the scale's rounding (bf16 for xnnpack int4, fp16 arithmetic for Core ML); ORT maps the signed
+    # extreme to -8, so the opposite extreme clamps at +7: up to one step
+    deq = enc.dequantize(parts)
+    g = enc.group or w.shape[1]
+    step = parts["scale"].float().abs().reshape(w.shape[0], -1).repeat_interleave(g, dim=1)
+    err = (deq - w).abs()
+    bound = {"xnnpack": 0.53, "ort": 1.0, "coreml": 0.6}[enc.family]  # Core ML: fp16 rounding of w, w / s and q * s
+    assert bool((err <= step * bound + 1e-6).all()), float((err / step.clamp(min=1e-30)).max())
+    # the all-zero group stays exactly zero
+    assert float(deq[0, :128].abs().max()) == 0.0
+    # stored bytes per fp32 byte: the issue's bounds at a real shape (in = 2048)
+    ratio = enc.nbytes([256, 2048]) / (256 * 2048 * 4)
+    assert ratio <= (0.2 if enc.bits == 4 else 0.3), ratio
+
+
+def test_unknown_encodings_and_shapes_are_refused():
+    for bad in ("xnnpack-int4-g64", "ort-int3-b32", "coreml-int4-b16", "", None, 5):
+        with pytest.raises(LoragenError) as e:
+            quant.get(bad)
+        assert e.value.code == "encoding"
+    with pytest.raises(LoragenError) as e:
+        quant.get("ort-int4-b128").quantize(torch.zeros(4, 96))
+    assert e.value.code == "encoding"
+    assert quant.split_part_name("a.weight:q") == ("a.weight", "q")
+    assert quant.split_part_name("a.weight") == ("a.weight", None)
+
+
+def test_device_merge_is_fp64_in_order():
+    # 1e8 + 1 - 1e8 is 1 in fp64 and 0 in fp32: the sum over k is fp64, in order, rounded once
+    w = torch.zeros(1, 1)
+    a = torch.tensor([[1e8], [1.0], [-1e8]])
+    b = torch.tensor([[1.0, 1.0, 1.0]])
+    assert float(quant.device_merge(w, a, b, 1.0)[0, 0]) == 1.0
+    g = torch.Generator().manual_seed(3)
+    w, a, b = torch.randn(8, 16, generator=g), torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g)
+    want = (w.double() + 0.5 * (b.double() @ a.double())).float()
+    assert torch.equal(quant.device_merge(w, a, b, 0.5), want)
+
+
+def test_eval_edge_model_holds_the_stored_weights(preset_dirs):
+    from loragen_mobile.generator.evaluate import _Swapper
+    from loragen_mobile.models import load_model
+
+    model = load_model(preset_dirs["tiny-llama"], dtype=torch.float32)
+    full = {n: p.detach().clone() for n, p in model.named_parameters()}
+    enc = quant.get("ort-int8-b128")
+    sw = _Swapper(model, enc)
+    params = dict(model.named_parameters())
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(params[name], enc.dequantize(enc.quantize(full[name])))
+    assert torch.equal(params["model.embed_tokens.weight"], full["model.embed_tokens.weight"])
+    g = torch.Generator().manual_seed(0)
+    out_f, in_f = full[name].shape
+    a, b = torch.randn(2, in_f, generator=g) * 0.1, torch.randn(out_f, 2, generator=g) * 0.1
+    sw.apply({name[: -len(".weight")]: (a, b)})
+    want = enc.dequantize(enc.quantize(full[name] + b @ a))
+    assert float((params[name] - want).abs().max()) <= float(enc.quantize(full[name] + b @ a)["scale"].max()) * 1.01
+    sw.restore()
+    assert torch.equal(params[name], enc.dequantize(enc.quantize(full[name])))
