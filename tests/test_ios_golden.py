@@ -20,7 +20,7 @@ SWIFT_TESTS = ROOT / "ios_demo" / "LoRAGenKit" / "Tests" / "LoRAGenKitTests"
 GOLDEN_FILES_SWIFT = SWIFT_TESTS / "GoldenFiles.swift"
 KOTLIN_TESTS = ROOT / "android_demo" / "core" / "src" / "test" / "kotlin" / "dev" / "loragen" / "core"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
-GOLDEN_DIRS = r"(?:keys|bundles|artifacts|base|expected)"
+GOLDEN_DIRS = r"(?:keys|bundles|artifacts|base|expected|quant)"
 
 
 def _strip_comments(src: str) -> str:
@@ -85,7 +85,7 @@ def generated(tmp_path_factory) -> Path:
 
 def test_swift_list_names_existing_golden_files():
     files = swift_golden_files()
-    assert len(files) == 33
+    assert len(files) == 43  # 33 bundle vectors + quant/ (index.json and one file per encoding)
     assert len(set(files)) == len(files), "duplicate entries in GoldenFiles.swift"
     assert "expected.json" in files and "keys/public_key.pem" in files
     for rel in files:

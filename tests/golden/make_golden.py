@@ -14,6 +14,7 @@ Files:
   base/<backend>.safetensors                 the base values of every swap slot
   bundles/*.bundle                           valid and broken bundles
   expected/merged-<name>.safetensors         expected replacement tensors for each valid bundle
+  quant/<encoding>.safetensors, quant/index.json  on-device requantization vectors (make_quant_golden.py)
   expected.json                              per bundle: file sha256, signing digest, verdict and
                                              error code, kind, swap plan (param -> slot + sha256)
 """
@@ -176,6 +177,17 @@ def generate(out: Path) -> None:
         expected["bundles"][name] = entry
     expected["mutations"] = _mutation_vectors(bundles, key)
     (out / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+    _quant_generator().generate(out / "quant")
+
+
+def _quant_generator():
+    """tests/golden/make_quant_golden.py: the on-device requantization vectors (quant/)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_quant_golden", Path(__file__).with_name("make_quant_golden.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 MUTATION_SEED, MUTATION_CASES = 20260101, 240

@@ -39,6 +39,9 @@ public enum ErrorCode: String, CaseIterable, Sendable {
     case merge
     /// A swap input is missing or inconsistent, e.g. no base values for a lora merge.
     case build
+    /// A quantized weight's encoding is unknown to this reader or its parts do not fit it
+    /// (Python: LoragenError code `encoding`, loragen_mobile/quant.py).
+    case encoding
 }
 
 /// A bundle that is malformed, tampered with, or does not fit the artifact: one line, one code.

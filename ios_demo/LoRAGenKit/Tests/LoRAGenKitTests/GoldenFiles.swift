@@ -1,8 +1,9 @@
 // The files of tests/golden/ (the repository's golden vectors) that the Swift tests read, in one
 // place. `Golden.url(_:)` refuses any path that is not listed here, and tests/test_ios_golden.py
 // parses the string literals of `all` to check that every file exists, is current (byte-equal to
-// what tests/golden/make_golden.py generates) and that the set equals the one the Kotlin core's
-// tests read, so both phones test the same vectors. Keep one literal per line.
+// what tests/golden/make_golden.py generates; quant/ comes from make_quant_golden.py, which it
+// calls) and that the set equals the one the Kotlin core's tests read, so both phones test the
+// same vectors. Keep one literal per line.
 
 enum GoldenFiles {
     static let all: [String] = [
@@ -39,6 +40,16 @@ enum GoldenFiles {
         "expected/merged-executorch-merged.safetensors",
         "expected/merged-onnx-lora.safetensors",
         "expected/merged-onnx-merged.safetensors",
+        "quant/index.json",
+        "quant/xnnpack-int4-g32.safetensors",
+        "quant/xnnpack-int4-g128.safetensors",
+        "quant/xnnpack-int8-pc.safetensors",
+        "quant/ort-int4-b32.safetensors",
+        "quant/ort-int4-b128.safetensors",
+        "quant/ort-int8-b32.safetensors",
+        "quant/ort-int8-b128.safetensors",
+        "quant/coreml-int4-b32.safetensors",
+        "quant/coreml-int8-pc.safetensors",
     ]
 
     /// Not a golden vector: the `.ptd` written by executorch's own serializer (flatc) that the

@@ -43,6 +43,10 @@ enum class ErrorCode(val id: String) {
      *  (Python raises LoragenError "merge of ... produced NaN or Inf values"). */
     MERGE("merge"),
 
+    /** A quantized weight's encoding is unknown to this reader or its parts do not fit it
+     *  (Python: LoragenError code `encoding`, loragen_mobile/quant.py). */
+    ENCODING("encoding"),
+
     /** A swap input is missing or inconsistent (Python: `build`), e.g. no base values for a lora merge. */
     BUILD("build");
 
