@@ -137,13 +137,12 @@ def quantizable_params(model, swap_names, enc: quant.Encoding) -> list[str]:
         if any(p.startswith("lora_") for p in mname.split(".")):
             continue
         name = f"{mname}.weight"
-        if name in swap:
+        try:
             enc.check_shape(mod.weight.shape)
-        else:
-            try:
-                enc.check_shape(mod.weight.shape)
-            except LoragenError:
-                continue
+        except LoragenError:
+            if name in swap:
+                raise
+            continue
         names.append(name)
     missing = [n for n in swap_names if n not in names]
     if missing:
@@ -158,7 +157,7 @@ def quant_const(param: str) -> str:
 
 
 def blob_quantized(spec) -> dict[str, dict]:
-    """op output name -> {"data": {header_offset, shape, datatype}, "scale": {...}} for every
+    """op output name -> {"data": {header_offset, shape}, "scale": {...}} for every
     quantized weight op, with the names of any other inputs (a zero point) under ``"other"``."""
     out = {}
     for fname, f in spec.mlProgram.functions.items():
