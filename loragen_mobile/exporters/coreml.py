@@ -21,8 +21,19 @@ points at a 64-byte blob header ``{u32 0xDEADBEEF, u32 dtype, u64 size, u64 data
 records ``offset`` (= data_offset), ``header_offset``, dtype and shape. Export checks that the stored
 bytes equal the parameter cast to the model precision, so a swap is just writing bytes there.
 
+Quantized exports (``quantize="int4-b32"`` -> encoding ``coreml-int4-b32``, ``"int8"`` ->
+``coreml-int8-pc``; fp16 only): after conversion, coremltools.optimize's
+``linear_quantize_weights`` (linear_symmetric; int4 blocks of 32 input features, or int8 one scale
+per output row) quantizes every Linear weight of the decoder layers (attention and MLP
+projections, hence every swappable weight); the token embedding and ``lm_head`` stay fp16. Each such
+weight becomes a ``constexpr_blockwise_shift_scale`` op (``<const>_quantized``) whose ``data`` (int4
+two's complement nibbles, element 2i in the low nibble, or int8; ``[out, in]``) and ``scale`` (fp16
+``[out, in / block]``) are weight.bin blobs of their own: the ``P:q`` and ``P:scale`` slots, equal
+byte for byte to :mod:`loragen_mobile.quant`'s rule.
+
 Core ML cannot predict on Linux: ``open_runner`` raises a LoragenError off macOS, and ``validate``
-reads the package back (signature + every stored weight vs the PyTorch model) instead of running it.
+reads the package back (signature + every stored weight vs the PyTorch model; a quantized weight's
+codes and scales vs the rule and the slots) instead of running it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
 from .common import StatefulCoreMLLM, _dims
@@ -45,6 +57,10 @@ PACKAGE = "model.mlpackage"
 WEIGHTS = f"{PACKAGE}/Data/com.apple.CoreML/weights/weight.bin"
 SPEC = f"{PACKAGE}/Data/com.apple.CoreML/model.mlmodel"
 BLOB_MAGIC = 0xDEADBEEF
+#: the ML program op that stores a quantized weight (its data and scale are weight.bin blobs)
+QUANT_OP = "constexpr_blockwise_shift_scale"
+#: weight.bin blob data type codes (MIL blob storage) of the stored parts of a quantized weight
+BLOB_FP16, BLOB_INT8, BLOB_INT4 = 1, 4, 8
 INPUT_IDS, CAUSAL_MASK, KEY_CACHE, VALUE_CACHE, LOGITS = "inputIds", "causalMask", "keyCache", "valueCache", "logits"
 IO_CONTRACT = {
     "consumer": "huggingface/swift-transformers 1.3.3 LanguageModelWithStatefulKVCache "
@@ -87,6 +103,87 @@ def _convert(w, max_context: int, precision: str):
                           skip_model_load=True)
     except Exception as e:
         raise LoragenError(f"coremltools conversion failed: {str(e).splitlines()[0]}") from None
+
+
+def _quant_config(enc: quant.Encoding):
+    """coremltools.optimize's config for ``enc``: linear_symmetric, int4 per block or int8 per row."""
+    import coremltools.optimize.coreml as cto
+
+    kw = ({"granularity": "per_block", "block_size": enc.group} if enc.group else {"granularity": "per_channel"})
+    return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{enc.bits}", weight_threshold=0, **kw)
+
+
+def _quantize_program(mlmodel, consts: list[str], enc: quant.Encoding):
+    """The converted ML program with the named weight consts quantized (and nothing else)."""
+    import coremltools.optimize.coreml as cto
+
+    cfg = _quant_config(enc)
+    try:
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(op_name_configs={c: cfg for c in consts}))
+    except Exception as e:
+        raise LoragenError(f"coremltools quantization failed: {str(e).splitlines()[0]}") from None
+
+
+def quantizable_params(model, swap_names, enc: quant.Encoding) -> list[str]:
+    """The weights a quantized export stores quantized: every ``nn.Linear`` weight but the output
+    head (and a tied embedding) and a PEFT adapter's own LoRA factors; a non-swappable one whose
+    shape the encoding cannot hold stays fp16, a swappable one must fit (code ``encoding``)."""
+    skip = {id(e.weight) for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}
+    swap = set(swap_names)
+    names = []
+    for mname, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or id(mod.weight) in skip:
+            continue
+        if any(p.startswith("lora_") for p in mname.split(".")):
+            continue
+        name = f"{mname}.weight"
+        try:
+            enc.check_shape(mod.weight.shape)
+        except LoragenError:
+            if name in swap:
+                raise
+            continue
+        names.append(name)
+    missing = [n for n in swap_names if n not in names]
+    if missing:
+        raise LoragenError(f"coreml: swappable weight {missing[0]} is not a Linear weight; cannot quantize it",
+                           code="model")
+    return names
+
+
+def quant_const(param: str) -> str:
+    """The name of the quantized weight op of ``param`` (the fp16 const's name + ``_quantized``)."""
+    return f"p_{graph_name(param)}_to_fp16_quantized"
+
+
+def blob_quantized(spec) -> dict[str, dict]:
+    """op output name -> {"data": {header_offset, shape}, "scale": {...}} for every
+    quantized weight op, with the names of any other inputs (a zero point) under ``"other"``."""
+    out = {}
+    for fname, f in spec.mlProgram.functions.items():
+        blk = f.block_specializations[f.opset]
+        for op in blk.operations:
+            if op.type != QUANT_OP:
+                continue
+            ent = {"function": fname, "other": sorted(k for k in op.inputs if k not in ("data", "scale"))}
+            for arg in ("data", "scale"):
+                args = op.inputs[arg].arguments if arg in op.inputs else []
+                v = args[0].value if len(args) == 1 and args[0].WhichOneof("binding") == "value" else None
+                if v is None or v.WhichOneof("value") != "blobFileValue":
+                    continue
+                ent[arg] = {"header_offset": int(v.blobFileValue.offset),
+                            "shape": [int(d.constant.size) for d in v.type.tensorType.dimensions]}
+            out[op.outputs[0].name] = ent
+    return out
+
+
+def blob_dtype(slot: SwapSlot) -> int | None:
+    """The weight.bin blob data type code a part slot's blob must have (None: an unquantized slot)."""
+    if slot.part is None:
+        return None
+    if slot.part == "scale":
+        return BLOB_FP16
+    return BLOB_INT4 if slot.encoding.bits == 4 else BLOB_INT8
 
 
 def blob_consts(spec) -> dict[str, dict]:
@@ -177,6 +274,8 @@ class CoreMLExporter(Exporter):
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
     load_dtype = torch.float32  # converted in fp32; ct.convert's compute precision gives the stored one
+    #: scheme -> encoding: int4 in blocks of 32 input features, int8 one scale per output row (fp16 scales)
+    schemes = {"int4-b32": "coreml-int4-b32", "int8": "coreml-int8-pc"}
     fingerprint_files = (SPEC, WEIGHTS)
 
     def export(self, *args, **kw) -> Artifact:
@@ -186,17 +285,34 @@ class CoreMLExporter(Exporter):
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         return StatefulCoreMLLM(job.model.float(), job.max_context, all_logits=job.all_logits).eval()
 
+    def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
+        """Chooses the weights to quantize (:func:`quantizable_params`); coremltools quantizes the
+        converted program in :meth:`lower` (its optimizer works on ML programs, not on torch)."""
+        if job.encoding is None:
+            return wrapper
+        if job.precision != "fp16":
+            raise LoragenError(f"coreml: quantized exports ({job.quantize}) store fp16 scales and compute in "
+                               f"fp16; export them with dtype fp16, not {job.precision}", code="usage")
+        job.quantized = quantizable_params(job.model, job.swap_names, job.encoding)
+        return wrapper
+
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
-        _convert(wrapper, job.max_context, job.precision).save(str(job.out / PACKAGE))
+        ml = _convert(wrapper, job.max_context, job.precision)
+        if job.encoding is not None:
+            ml = _quantize_program(ml, [f"p_{graph_name(n)}_to_fp16" for n in job.quantized], job.encoding)
+        ml.save(str(job.out / PACKAGE))
 
     def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
-        """Each slot is the data of its const's blob in weight.bin (the parameter cast to the precision)."""
+        """Each slot is the data of its const's blob in weight.bin (the parameter cast to the precision);
+        a quantized weight's two slots are its op's data and scale blobs (the encoding's rule)."""
         import coremltools as ct
 
         spec = ct.utils.load_spec(str(job.out / PACKAGE))
         job.state["signature"] = _signature(spec)
-        consts = blob_consts(spec)
         buf = (job.out / WEIGHTS).read_bytes()
+        if job.encoding is not None:
+            return self._quantized_slots(job, blob_quantized(spec), buf)
+        consts = blob_consts(spec)
         suffix = "_to_fp16" if job.precision == "fp16" else ""
         slots = []
         for n in job.swap_names:
@@ -210,6 +326,34 @@ class CoreMLExporter(Exporter):
             if size != len(data) or buf[off:off + size] != data or c["shape"] != list(t.shape):
                 raise LoragenError(f"coreml stored {n} in a different layout; cannot record a swap slot")
             slots.append(SwapSlot.of(n, t, WEIGHTS, key=cname, offset=off, header_offset=c["header_offset"]))
+        return slots
+
+    def _quantized_slots(self, job: ExportJob, qops: dict, buf: bytes) -> list[SwapSlot]:
+        enc = job.encoding
+        for n in job.quantized:
+            key = quant_const(n)
+            ent = qops.get(key)
+            if ent is None or "data" not in ent or "scale" not in ent or ent["other"]:
+                raise LoragenError(f"coreml: weight {n} was not stored as a symmetric {QUANT_OP} op {key} "
+                                   "with data and scale in weight.bin", code="model")
+        slots = []
+        for n in job.swap_names:
+            key, parts = quant_const(n), job.expected_parts(n)
+            ent = qops[key]
+            shapes = {"q": list(job.params[n].shape), "scale": enc.part_shapes(job.params[n].shape)["scale"]}
+            for part, arg in (("q", "data"), ("scale", "scale")):
+                t, h = parts[part], ent[arg]["header_offset"]
+                dt, size, off = read_blob_header(buf, h)
+                data = tensor_bytes(t)
+                want_dt = BLOB_FP16 if part == "scale" else (BLOB_INT4 if enc.bits == 4 else BLOB_INT8)
+                if dt != want_dt or size != len(data) or ent[arg]["shape"] != shapes[part]:
+                    raise LoragenError(f"coreml stored the {part} part of {n} as blob type {dt}, {size} bytes, shape "
+                                       f"{ent[arg]['shape']}; {enc.id} stores type {want_dt}, {len(data)} bytes, "
+                                       f"shape {shapes[part]}", code="model")
+                if buf[off:off + size] != data:
+                    raise LoragenError(f"coreml's {part} bytes of {n} differ from the {enc.id} rule "
+                                       "(loragen_mobile.quant); cannot record a swap slot", code="model")
+                slots.append(SwapSlot.part_of(n, part, enc, t, WEIGHTS, key=key, offset=off, header_offset=h))
         return slots
 
     def backend_meta(self, job: ExportJob) -> dict:
@@ -226,7 +370,8 @@ class CoreMLExporter(Exporter):
         }
 
     def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
-        """A slot's bytes are the data of the weight.bin blob whose header it records."""
+        """A slot's bytes are the data of the weight.bin blob whose header it records (a part slot's
+        blob also has the part's data type: int4/int8 codes, fp16 scales)."""
         out = {}
         if not slots:
             return out
@@ -237,8 +382,9 @@ class CoreMLExporter(Exporter):
                     raise slot_corrupt(root, s, "has no blob header in weight.bin")
                 f.seek(h)
                 head = f.read(24)
-                magic, _, size, off = struct.unpack("<IIQQ", head) if len(head) == 24 else (0, 0, 0, 0)
-                if magic != BLOB_MAGIC or off != s.offset or size != s.nbytes:
+                magic, dt, size, off = struct.unpack("<IIQQ", head) if len(head) == 24 else (0, 0, 0, 0)
+                want_dt = blob_dtype(s)
+                if magic != BLOB_MAGIC or off != s.offset or size != s.nbytes or want_dt not in (None, dt):
                     raise slot_corrupt(root, s, "does not match its weight.bin blob")
                 out[s.name] = off
         return out
@@ -251,8 +397,8 @@ class CoreMLExporter(Exporter):
             raise LoragenError("coreml: use apply_swap to write a swapped package, then open that")
         return CoreMLRunner(art, swap)  # pragma: no cover
 
-    def read_weights(self, artifact_dir) -> dict[str, np.ndarray]:
-        """Every const of the ML program read back through coremltools' milproto loader."""
+    def _program(self, artifact_dir):
+        """The ML program read back through coremltools' milproto loader (weights from weight.bin)."""
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load as milload
 
@@ -260,20 +406,37 @@ class CoreMLExporter(Exporter):
         d = Path(artifact_dir)
         spec = ct.utils.load_spec(str(d / PACKAGE))
         try:
-            prog = milload(spec, spec.specificationVersion,
+            return milload(spec, spec.specificationVersion,
                            file_weights_dir=str(d / PACKAGE / "Data/com.apple.CoreML/weights"))
         except Exception as e:
             raise LoragenError(f"cannot read back {d / PACKAGE}: {str(e).splitlines()[0]}") from None
+
+    def read_weights(self, artifact_dir) -> dict[str, np.ndarray]:
+        """Every const of the ML program read back through coremltools' milproto loader."""
         out = {}
-        for f in prog.functions.values():
+        for f in self._program(artifact_dir).functions.values():
             for op in f.operations:
                 if op.op_type == "const" and op.outputs[0].val is not None:
                     out[op.outputs[0].name] = np.asarray(op.outputs[0].val)
         return out
 
+    def read_quantized(self, artifact_dir) -> dict[str, dict[str, np.ndarray]]:
+        """Every quantized weight op read back through coremltools' loader: op name -> ``q`` (the
+        signed integer codes, int8 ``[out, in]``), ``scale`` (fp16) and ``value`` (the fp16 weight
+        coremltools materializes from them, as the runtime does)."""
+        out = {}
+        for f in self._program(artifact_dir).functions.values():
+            for op in f.operations:
+                if op.op_type == QUANT_OP:
+                    out[op.outputs[0].name] = {"q": np.asarray(op.data.val), "scale": np.asarray(op.scale.val),
+                                               "value": np.asarray(op.materialized_val_inference())}
+        return out
+
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
         """Core ML cannot predict off Apple platforms: the package is read back instead (signature,
-        every stored weight vs the model, the swap slots' bytes)."""
+        every stored weight vs the model, the swap slots' bytes; for a quantized artifact every
+        quantized weight's codes and scales vs the encoding's rule and the slots, and its distance
+        from the fp32 weights)."""
         import coremltools as ct
 
         prec = art.meta["precision"]
@@ -286,6 +449,9 @@ class CoreMLExporter(Exporter):
             report.add(f"signature_{part}", ok, f"{len(sig[part])} {part} match the model" if ok
                        else f"expected {exp[part]}, found {sig[part]}")
 
+        info = art.meta.get("weight_encoding") or {}
+        enc = quant.get(info["id"]) if info else None
+        qnames = list(info.get("params", [])) if enc is not None else []
         consts = self.read_weights(art.path)
         tdt = {"fp16": torch.float16, "fp32": torch.float32}[prec]
         suffix = "_to_fp16" if prec == "fp16" else ""
@@ -294,6 +460,8 @@ class CoreMLExporter(Exporter):
             aliases.setdefault(id(p), []).append(name)
         seen, by_value, worst, bad, missing = set(), set(), 0.0, [], []
         for name, p in model.named_parameters():
+            if name in qnames:
+                continue  # checked below against the encoding's rule
             cands = [f"p_{graph_name(a)}{sfx}" for a in aliases[id(p)] for sfx in (suffix, "")]
             cname = next((c for c in cands if c in consts), None)
             want = p.detach().to(tdt).numpy()
@@ -321,21 +489,78 @@ class CoreMLExporter(Exporter):
         report.add("weights_equal_model", not bad and len(seen) > 0,
                    f"{len(seen)} stored weights equal the model cast to {prec}" if not bad
                    else f"{len(bad)} weight(s) differ: {'; '.join(bad[:3])}", worst, 0.0)
-        n_total = len(seen) + len(by_value) + len(missing) + len(bad)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        rule = {n: enc.quantize(params[n].detach().float()) for n in qnames if n in params}
+        found_q = self._check_quantized(report, art, enc, rule, params) if enc is not None else set()
+        missing += [n for n in qnames if n not in found_q]
+        n_total = len(seen) + len(by_value) + len(missing) + len(bad) + len(found_q)
+        quantized = f", {len(found_q)} quantized" if enc is not None else ""
         report.add("weights_present", not missing,
-                   f"all {n_total} parameters stored ({len(seen)} by name, {len(by_value)} folded or identity)"
-                   if not missing else f"missing from the package: {', '.join(missing[:3])}")
+                   f"all {n_total} parameters stored ({len(seen)} by name{quantized}, {len(by_value)} folded or "
+                   "identity)" if not missing else f"missing from the package: {', '.join(missing[:3])}")
         buf = art.file(WEIGHTS).read_bytes()
-        params = dict(model.named_parameters())
         slot_bad = []
         for s in art.slots:
             _, size, off = read_blob_header(buf, s.extra["header_offset"])
-            want = tensor_bytes(params[s.name].detach().to(tdt))
+            if s.part is not None:
+                want = tensor_bytes(rule[s.param][s.part]) if s.param in rule else b""
+            else:
+                want = tensor_bytes(params[s.name].detach().to(tdt))
             if off != s.offset or buf[off:off + size] != want:
                 slot_bad.append(s.name)
+        what = f"the model's weights ({enc.id} rule for quantized ones)" if enc is not None else "the model's weights"
         report.add("swap_slots_bytes", not slot_bad,
-                   f"{len(art.slots)} slot byte ranges hold the model's weights" if not slot_bad
+                   f"{len(art.slots)} slot byte ranges hold {what}" if not slot_bad
                    else f"slot bytes differ from the model: {', '.join(slot_bad[:3])}")
+
+    def _check_quantized(self, report: ValidationReport, art: Artifact, enc: quant.Encoding,
+                         rule: dict[str, dict[str, torch.Tensor]], params: dict) -> set[str]:
+        """Every quantized weight read back by coremltools' loader: codes and scales equal the rule and
+        the swap slots' bytes; the materialized weight equals the rule's dequantization; its largest
+        distance from the fp32 weight is reported (within one quantization step of its block)."""
+        qops = self.read_quantized(art.path)
+        stored = {s.name: b for s, b in self.iter_slot_bytes(art.path, art.slots) if s.part is not None}
+        slots = art.quantized_params()
+        found, bad, dq_bad, step_bad, worst = set(), [], [], [], 0.0
+        for n, parts in rule.items():
+            op = qops.get(quant_const(n))
+            if op is None:
+                continue
+            found.add(n)
+            codes = quant._unpack(enc, parts["q"]).numpy()
+            scale = parts["scale"].numpy()
+            ok = op["q"].shape == codes.shape and np.array_equal(op["q"].astype(np.float32), codes) and \
+                op["scale"].dtype == np.float16 and np.array_equal(op["scale"].view(np.uint16), scale.view(np.uint16))
+            for part, s in slots.get(n, {}).items():
+                t = s.tensor(stored[s.name])
+                rb = quant._unpack(enc, t).numpy() if part == "q" else t.numpy()
+                mine = op["q"].astype(np.float32) if part == "q" else op["scale"]
+                ok = ok and rb.shape == mine.shape and np.array_equal(rb, mine)
+            if not ok:
+                bad.append(n)
+                continue
+            dq = enc.dequantize(parts).numpy()
+            if not np.array_equal(op["value"].astype(np.float32), dq):
+                dq_bad.append(n)
+            w = params[n].detach().float().numpy()
+            err = np.abs(dq - w)
+            worst = max(worst, float(err.max()))
+            g = enc.group or w.shape[1]
+            step = np.repeat(scale.astype(np.float32).reshape(w.shape[0], -1), g, axis=1)
+            if np.any(err > step + np.abs(w) * 2.0 ** -10):
+                step_bad.append(n)
+        report.add("quantized_read_back", not bad and len(found) == len(rule),
+                   f"{len(found)} quantized weights read back: codes and scales equal the {enc.id} rule and the "
+                   f"{len(stored)} part slots" if not bad and len(found) == len(rule)
+                   else f"{len(bad)} quantized weight(s) differ from the rule or their slots: {', '.join(bad[:3])}")
+        report.add("quantized_dequantize", not dq_bad,
+                   "coremltools' materialized weights equal the rule's dequantization" if not dq_bad
+                   else f"materialized weights differ: {', '.join(dq_bad[:3])}")
+        report.add("quantized_vs_fp32", not step_bad and len(found) > 0,
+                   f"max abs difference of dequantized vs fp32 weights {worst:.4g} (each within one quantization "
+                   "step of its block)" if not step_bad else f"beyond one quantization step: {', '.join(step_bad[:3])}",
+                   worst)
+        return found
 
 
 EXPORTER = CoreMLExporter()
