@@ -301,6 +301,26 @@ def _stored_at(init, blob: bytes, t: torch.Tensor) -> int | None:
     return off
 
 
+_QUANT_LOGGERS = ("onnxruntime.quantization", "onnx_ir")
+
+
+def _quantizer_class():
+    """onnxruntime's MatMulNBitsQuantizer. Its module calls ``logging.basicConfig(level=INFO)`` on
+    import, which would print every later INFO record of any library: the root logger's handlers
+    and level are restored after the import."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    finally:
+        for h in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(h)
+        root.setLevel(level)
+    return MatMulNBitsQuantizer
+
+
 def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
     """``proto`` with the linear weights ``names`` quantized by onnxruntime's MatMulNBitsQuantizer.
 
@@ -311,8 +331,8 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
     import logging
 
     from onnx import numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    MatMulNBitsQuantizer = _quantizer_class()
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     users: dict[str, list] = {}
@@ -336,9 +356,10 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
     g.ClearField("node")
     g.node.extend(kept)
 
-    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = log.level
-    log.setLevel(logging.WARNING)
+    logs = [logging.getLogger(n) for n in _QUANT_LOGGERS]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.WARNING)  # the quantizer logs every node at INFO
     try:
         q = MatMulNBitsQuantizer(proto, bits=enc.bits, block_size=enc.group, is_symmetric=True,
                                  accuracy_level=ACCURACY_LEVEL)
@@ -347,7 +368,8 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
         raise LoragenError(f"onnxruntime's MatMulNBitsQuantizer failed: {str(e).splitlines()[0]}",
                            code="model") from None
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
     out = q.model.model
     have = {i.name for i in out.graph.initializer}
     converted = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
