@@ -179,3 +179,24 @@ def test_unknown_scheme_is_refused(model_dirs, workdir):
         get_exporter("onnx").export(model_dirs["tiny-llama"], out, max_context=64, quantize="int4-b32",
                                     dtype="fp16", progress=False)
     assert e.value.code == "usage" and not out.exists()
+
+
+def test_locate_slots_refuses_bytes_off_the_rule(quant_artifacts, model_dirs):
+    """locate_slots holds the written parts to quant.py's rule: a weight whose rule bytes differ
+    from what the quantizer wrote (here: the loaded weights nudged) fails loudly (code model)."""
+    from loragen_mobile.exporters.pipeline import ExportJob
+
+    art = read_artifact(quant_artifacts("onnx", "tiny-llama"))
+    exp = get_exporter("onnx")
+    params = dict(load_model(model_dirs["tiny-llama"], dtype=torch.float32).named_parameters())
+    names = list(art.quantized_params())
+
+    def job(params):
+        return ExportJob(model_dirs["tiny-llama"], art.path, None, "fp32", art.meta["max_context"], (), names, params,
+                         encoding=quant.get(art.meta["weight_encoding"]["id"]))
+
+    assert [s.to_dict() for s in exp.locate_slots(job(params))] == art.meta["swap_slots"]
+    nudged = dict(params, **{names[3]: params[names[3]].detach() * 1.01})  # same codes, scales 1% off
+    with pytest.raises(LoragenError, match=f"does not hold the ort-int4-b32 scale part of {names[3]}") as e:
+        exp.locate_slots(job(nudged))
+    assert e.value.code == "model"
