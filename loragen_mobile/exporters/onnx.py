@@ -21,6 +21,15 @@ Swapping:
 * ``apply_swap(dir, swap, out)`` copies the artifact and rewrites the new bytes in place at the
   recorded offsets of ``swap.onnx.data``; the graph and ``model.onnx.data`` are untouched, so the
   new directory also runs unmodified in onnxruntime-genai.
+
+Quantized exports (``quantize=``, one of :attr:`ONNXExporter.schemes`, fp32 only): every linear
+weight (the attention and MLP projections, and ``lm_head`` unless it is tied to the embedding) is
+quantized by onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, no zero points) into a
+``com.microsoft`` ``MatMulNBits`` node computing in fp32 (``accuracy_level`` 1). Each initializer
+``W`` becomes ``W_Q4`` / ``W_Q8`` (uint8 ``[out, in/block, block*bits/8]``) and ``W_scales`` (fp32
+``[out, in/block]``), exactly :mod:`loragen_mobile.quant`'s ``ort-*`` rule; a swappable weight ``P``
+is the two slots ``P:q`` and ``P:scale`` in ``swap.onnx.data``, the other quantized weights live in
+``model.onnx.data``. Swapping works as above, with the part tensors.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import quant
 from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
@@ -46,6 +56,44 @@ ALIGN = 64
 INLINE_LIMIT = 1024  # initializers smaller than this stay inside model.onnx
 
 _NP = {"float32": np.float32, "float16": np.float16}
+
+#: MatMulNBits ``accuracy_level`` of quantized exports: 1 = fp32 activations and accumulation
+ACCURACY_LEVEL = 1
+
+
+def part_keys(param: str, enc: quant.Encoding) -> dict[str, str]:
+    """The initializer names onnxruntime's quantizer gives the parts of the weight ``param``."""
+    return {"q": f"{param}_Q{enc.bits}", "scale": f"{param}_scales"}
+
+
+def linear_weights(model: torch.nn.Module, enc: quant.Encoding, swap_names) -> list[str]:
+    """The linear weights a quantized export stores with ``enc``: every ``nn.Linear`` weight of the
+    model, less LoRA factors, weights tied to another parameter (a tied ``lm_head`` is the
+    embedding table too) and non-swappable weights whose input features are not a multiple of the
+    block size. A swappable weight that cannot be quantized is refused (code ``encoding``)."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    swap, out = set(swap_names), []
+    for mod_name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or ".lora_" in f".{mod_name}":
+            continue
+        name = f"{mod_name}.weight"
+        tied = counts.get(id(m.weight), 0) > 1
+        fits = m.in_features % enc.group == 0
+        if name in swap:
+            if tied:
+                raise LoragenError(f"onnx: swappable weight {name} is tied to another parameter; "
+                                   f"{enc.id} cannot store it", code="encoding")
+            enc.check_shape(m.weight.shape)
+        elif tied or not fits:
+            continue
+        out.append(name)
+    missing = swap - set(out)
+    if missing:
+        raise LoragenError(f"onnx: swappable weight {sorted(missing)[0]} is not a linear weight; "
+                           f"{enc.id} quantizes linear weights only", code="encoding")
+    return out
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -105,9 +153,22 @@ class ONNXRunner(Runner):
 class ONNXExporter(Exporter):
     name = "onnx"
     fingerprint_files = (MODEL, FOUNDATION)  # the swap slots live in SWAP, outside the fingerprint
+    #: MatMulNBits, symmetric: scheme -> encoding of the stored weights (quant.py)
+    schemes = {"int4-b32": "ort-int4-b32", "int4-b128": "ort-int4-b128", "int8-b128": "ort-int8-b128"}
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         return PastKVLM(job.model, all_logits=job.all_logits).eval()
+
+    def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
+        """The graph is quantized in :meth:`lower` (onnxruntime's quantizer works on the ONNX
+        graph); here the weights it must quantize are chosen (:func:`linear_weights`)."""
+        if job.encoding is None:
+            return wrapper
+        if job.precision != "fp32":
+            raise LoragenError(f"onnx: quantization '{job.quantize}' needs --dtype fp32 (MatMulNBits keeps fp32 "
+                               f"scales and activations), not {job.precision}", code="usage")
+        job.quantized = linear_weights(job.model, job.encoding, job.swap_names)
+        return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
         """torch.onnx.export, then the initializers split into external data (swap slots in SWAP,
@@ -126,6 +187,9 @@ class ONNXExporter(Exporter):
         if missing:
             raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
         swap_names = set(job.swap_names)
+        if job.encoding is not None:
+            proto = _quantize_graph(proto, job.quantized, job.encoding)
+            swap_names = {k for n in job.swap_names for k in part_keys(n, job.encoding).values()}
         with open(job.out / FOUNDATION, "wb") as fnd, open(job.out / SWAP, "wb") as swp:
             for init in proto.graph.initializer:
                 if not init.HasField("raw_data"):
@@ -148,7 +212,9 @@ class ONNXExporter(Exporter):
                                      + "\n")
 
     def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
-        """Each slot is its initializer's external-data range in SWAP, keyed by the parameter name."""
+        """Each slot is its initializer's external-data range in SWAP, keyed by the initializer name
+        (the parameter name; for a quantized weight ``P`` the parts ``P_Q4``/``P_Q8`` and
+        ``P_scales``, checked to hold exactly ``job.expected_parts(P)``)."""
         import onnx
 
         proto = onnx.load(str(job.out / MODEL), load_external_data=False)
@@ -156,14 +222,23 @@ class ONNXExporter(Exporter):
         blob = (job.out / SWAP).read_bytes()
         slots = []
         for n in job.swap_names:
-            init, t = inits[n], job.params[n].detach()
-            where = {e.key: e.value for e in init.external_data}
-            off, data = int(where.get("offset", 0)), tensor_bytes(t)
-            if (where.get("location") != SWAP or list(init.dims) != list(t.shape)
-                    or blob[off:off + len(data)] != data or int(where.get("length", -1)) != len(data)):
-                raise LoragenError(f"initializer {n} is not stored as the parameter "
-                                   f"(layout changed); cannot record a swap slot")
-            slots.append(SwapSlot.of(n, t, SWAP, key=n, offset=off))
+            if job.encoding is None:
+                t = job.params[n].detach()
+                off = _stored_at(inits.get(n), blob, t)
+                if off is None:
+                    raise LoragenError(f"initializer {n} is not stored as the parameter "
+                                       f"(layout changed); cannot record a swap slot")
+                slots.append(SwapSlot.of(n, t, SWAP, key=n, offset=off))
+                continue
+            expected, keys = job.expected_parts(n), part_keys(n, job.encoding)
+            for part in quant.PARTS:
+                off = _stored_at(inits.get(keys[part]), blob, expected[part])
+                if off is None:
+                    raise LoragenError(f"onnx: initializer {keys[part]} does not hold the {job.encoding.id} "
+                                       f"{part} part of {n} (onnxruntime's quantizer and quant.py disagree)",
+                                       code="model")
+                slots.append(SwapSlot.part_of(n, part, job.encoding, expected[part], SWAP, key=keys[part],
+                                              offset=off))
         return slots
 
     def backend_meta(self, job: ExportJob) -> dict:
@@ -183,6 +258,9 @@ class ONNXExporter(Exporter):
             "files": [MODEL, FOUNDATION, SWAP, GENAI],
             "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
                            f"{SWAP} at the slot offsets",
+            **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": ACCURACY_LEVEL,
+                                 "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
+               if job.encoding is not None else {}),
         }
 
     def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
@@ -209,6 +287,98 @@ class ONNXExporter(Exporter):
 
 def _dims(cfg):
     return d(cfg)
+
+
+def _stored_at(init, blob: bytes, t: torch.Tensor) -> int | None:
+    """The offset of ``init``'s external data in SWAP (``blob``) if it holds exactly ``t``, else None."""
+    if init is None:
+        return None
+    where = {e.key: e.value for e in init.external_data}
+    off, data = int(where.get("offset", 0)), tensor_bytes(t)
+    if (where.get("location") != SWAP or list(init.dims) != list(t.shape)
+            or blob[off:off + len(data)] != data or int(where.get("length", -1)) != len(data)):
+        return None
+    return off
+
+
+_QUANT_LOGGERS = ("onnxruntime.quantization", "onnx_ir")
+
+
+def _quantizer_class():
+    """onnxruntime's MatMulNBitsQuantizer. Its module calls ``logging.basicConfig(level=INFO)`` on
+    import, which would print every later INFO record of any library: the root logger's handlers
+    and level are restored after the import."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    finally:
+        for h in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(h)
+        root.setLevel(level)
+    return MatMulNBitsQuantizer
+
+
+def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
+    """``proto`` with the linear weights ``names`` quantized by onnxruntime's MatMulNBitsQuantizer.
+
+    The exported graph computes a linear layer as ``MatMul(x, Transpose(W))``; the quantizer only
+    takes a MatMul whose B input is an initializer, so each ``Transpose(W)`` is first folded into
+    ``W`` itself (stored ``[in, out]``, same name). Only those MatMuls have constant weights, so
+    the quantizer converts exactly ``names``; anything else is an error (code ``model``)."""
+    import logging
+
+    from onnx import numpy_helper
+
+    MatMulNBitsQuantizer = _quantizer_class()
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    users: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    drop = set()
+    for name in names:
+        tr = users.get(name, [])
+        ok = (name in inits and len(tr) == 1 and tr[0].op_type == "Transpose"
+              and [list(a.ints) for a in tr[0].attribute if a.name == "perm"] in ([[1, 0]], []))
+        mm = users.get(tr[0].output[0], []) if ok else []
+        if not ok or len(mm) != 1 or mm[0].op_type != "MatMul" or list(mm[0].input).index(tr[0].output[0]) != 1:
+            raise LoragenError(f"onnx: linear weight {name} is not MatMul(x, Transpose(W)) in the exported graph; "
+                               f"cannot quantize it", code="model")
+        w = numpy_helper.to_array(inits[name])
+        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+        mm[0].input[1] = name
+        drop.add(id(tr[0]))
+    kept = [n for n in g.node if id(n) not in drop]
+    g.ClearField("node")
+    g.node.extend(kept)
+
+    logs = [logging.getLogger(n) for n in _QUANT_LOGGERS]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.WARNING)  # the quantizer logs every node at INFO
+    try:
+        q = MatMulNBitsQuantizer(proto, bits=enc.bits, block_size=enc.group, is_symmetric=True,
+                                 accuracy_level=ACCURACY_LEVEL)
+        q.process()
+    except Exception as e:
+        raise LoragenError(f"onnxruntime's MatMulNBitsQuantizer failed: {str(e).splitlines()[0]}",
+                           code="model") from None
+    finally:
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
+    out = q.model.model
+    have = {i.name for i in out.graph.initializer}
+    converted = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
+    lost = [n for n in names if not set(part_keys(n, enc).values()) <= have or n in have]
+    if lost or converted != len(names):
+        what = lost[0] if lost else f"{converted} MatMuls, not {len(names)}"
+        raise LoragenError(f"onnx: onnxruntime's quantizer did not convert the expected weights ({what})",
+                           code="model")
+    return out
 
 
 def genai_config(cfg, max_context: int, head_dim: int) -> dict:
