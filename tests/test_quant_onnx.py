@@ -83,11 +83,12 @@ def test_quantized_export_bytes_and_runtimes(case, quant_artifacts, model_dirs):
     assert q_bytes <= (0.2 if enc.bits == 4 else 0.3) * fp_bytes, q_bytes / fp_bytes
 
     # validate: identity, fingerprint and the same-scheme reference (tight, exact greedy) pass; the
-    # distance from fp32 is reported (the test models' std 0.15 weights put it above the int4/int8
-    # bounds, so those checks are recorded, not asserted to pass)
+    # distance from fp32 is reported, never failing (the test models' std 0.15 weights put it above
+    # the int4/int8 bounds); it is far from zero, which the same-scheme check is not
     rep = exp.validate(art, model_dirs[preset])
     checks = {c.name: c for c in rep.checks}
-    assert all(c.ok for n, c in checks.items() if not n.startswith("fp32_")), rep.summary()
+    assert rep.ok, rep.summary()
+    assert checks["fp32_prefill_logits"].value > 100 * checks["prefill_logits"].value
     same = [c.value for n, c in checks.items() if n.endswith("_logits") and not n.startswith("fp32_")]
     assert len(same) == 9 and max(same) <= 1e-4, same
     assert checks["greedy_tokens"].ok and checks["fingerprint"].ok and checks["config_hash"].ok
