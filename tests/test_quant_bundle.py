@@ -161,3 +161,88 @@ def test_unknown_encoding_in_artifact_is_refused(tmp_path):
     with pytest.raises(LoragenError) as e:
         read_artifact(tmp_path)
     assert e.value.code == "version"
+
+
+# ------------------------------------------------------------------ on exported quantized artifacts
+
+PROMPT = [1, 72, 105, 33, 32, 119, 101, 108]
+
+
+def _keys(tmp_path):
+    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
+
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    return load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
+
+
+def _adapter_for(art, model_dir):
+    from loragen_mobile.lora import random_adapter
+    from loragen_mobile.models import load_model, target_module_names
+
+    model = load_model(model_dir, dtype=torch.float32)
+    return random_adapter(model, target_module_names(model, art.meta["target_modules"]), r=4, alpha=8, seed=2,
+                          std=0.05)
+
+
+def _check_bundles(art, model_dir, tmp_path):
+    """Both bundle kinds applied to a quantized artifact: merged = the parts of the full-precision
+    merge quantized by the slot's rule; lora = the phone's requantization of the stored parts.
+    Returns the merged eager model (fp32) and the two swapped artifacts."""
+    from loragen_mobile.bundle import apply_bundle, build_bundle
+    from loragen_mobile.exporters import get_exporter
+    from loragen_mobile.lora import merge_into_model
+    from loragen_mobile.models import load_model
+
+    exp = get_exporter(art.backend)
+    key, pub = _keys(tmp_path)
+    adapter = _adapter_for(art, model_dir)
+    merged_model = merge_into_model(load_model(model_dir, dtype=torch.float32), adapter)
+    merged_w = dict(merged_model.named_parameters())
+    base = exp.read_swap_tensors(art)
+    outs = {}
+    for kind in ("merged", "lora"):
+        raw = build_bundle(art, adapter, kind, private_key=key, base_model=model_dir if kind == "merged" else None)
+        assert fmt.parse(raw).manifest["format_version"] == 2
+        outs[kind] = apply_bundle(raw, art, tmp_path / kind, pub)
+        stored = exp.read_swap_tensors(outs[kind])
+        for p, group in art.quantized_params().items():
+            enc = quant.get(group["q"].extra["encoding"])
+            m = p[: -len(".weight")]
+            if kind == "merged":
+                want = enc.quantize(merged_w[p].detach())
+            else:
+                a, b = adapter.factors[m]
+                want = quant.requantize(enc, {k: base[quant.part_name(p, k)] for k in quant.PARTS}, a, b, adapter.scale)
+            for k in quant.PARTS:
+                assert torch.equal(stored[quant.part_name(p, k)], want[k]), (kind, p, k)
+        # the swap touched only slot bytes: the fingerprint is the source's
+        assert exp.fingerprint(outs[kind].path, outs[kind].meta) == art.fingerprint
+    return merged_model, outs
+
+
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gemma"])
+def test_bundles_on_quantized_artifacts_run_as_the_quantized_merged_model(backend, preset, quant_artifacts,
+                                                                          model_dirs, tmp_path):
+    from loragen_mobile.exporters import THRESHOLDS, get_exporter, read_artifact
+    from loragen_mobile.exporters.common import Reference
+
+    art = read_artifact(quant_artifacts(backend, preset))
+    exp = get_exporter(backend)
+    merged_model, outs = _check_bundles(art, model_dirs[preset], tmp_path)
+    # the merged bundle's artifact equals the server-side quantized merged model: logits within the
+    # same-scheme threshold, exact greedy tokens
+    ref = Reference(exp.reference_model(art, merged_model))
+    runner = exp.open_runner(outs["merged"])
+    ref.reset()
+    d = float((runner.prefill(PROMPT) - ref.step(PROMPT)[-1]).abs().max())
+    assert d <= THRESHOLDS["same_scheme"], d
+    want = ref.generate(PROMPT, 10)
+    assert exp.open_runner(outs["merged"]).generate(PROMPT, 10) == want
+
+
+def test_bundles_on_a_quantized_coreml_artifact(quant_artifacts, model_dirs, tmp_path):
+    from loragen_mobile.exporters import read_artifact
+
+    art = read_artifact(quant_artifacts("coreml", "tiny-llama"))
+    _check_bundles(art, model_dirs["tiny-llama"], tmp_path)
