@@ -18,7 +18,8 @@ from pathlib import Path
 def add_arguments(p):
     p.add_argument("--presets", default="tiny-llama,tiny-gemma", help="comma-separated presets")
     p.add_argument("--backends", default="executorch,onnx,coreml")
-    p.add_argument("--schemes", help="comma-separated schemes to run (default: every scheme of each backend)")
+    p.add_argument("--schemes", help="comma-separated schemes to run, `none` for the unquantized baseline "
+                                      "(default: the baseline and every scheme of each backend)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-context", type=int, default=128)
     p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run")
@@ -67,7 +68,7 @@ def run(args) -> dict:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     only = {s.strip() for s in args.schemes.split(",")} if args.schemes else None
     jobs = [(p, b, s) for p in presets for b in backends
-            for s in (None, *get_exporter(b).schemes) if only is None or s is None or s in only]
+            for s in (None, *get_exporter(b).schemes) if only is None or (s or "none") in only]
     result = {"bench": "quant", "rank": args.rank, "max_context": args.max_context, "machine": machine_info(),
               "results": {}}
     for preset, backend, scheme in tqdm(jobs, desc="quant bench", unit="export"):
