@@ -104,3 +104,13 @@ def test_eval_edge_model_holds_the_stored_weights(preset_dirs):
     assert float((params[name] - want).abs().max()) <= float(enc.quantize(full[name] + b @ a)["scale"].max()) * 1.01
     sw.restore()
     assert torch.equal(params[name], enc.dequantize(enc.quantize(full[name])))
+
+
+def test_cli_help_names_every_backends_schemes():
+    from loragen_mobile.cli.export import QUANTIZE_SCHEMES
+    from loragen_mobile.exporters import available_backends, get_exporter
+
+    assert {b: tuple(get_exporter(b).schemes) for b in available_backends()} == QUANTIZE_SCHEMES
+    for b in available_backends():
+        for scheme, enc in get_exporter(b).schemes.items():
+            assert quant.get(enc).family == {"executorch": "xnnpack", "onnx": "ort", "coreml": "coreml"}[b]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import BENCHES
 
-ORDER = ("merge", "runtime", "bundle", "speedup", "serve", "cli")
+ORDER = ("merge", "runtime", "bundle", "quant", "speedup", "serve", "cli")
 
 
 def add_arguments(p):
@@ -120,11 +120,26 @@ def _render_cli(r):
           ", ".join(c["heavy_imports"] or []) or "none"] for k, c in r["commands"].items()])
 
 
+def _render_quant(r):
+    rows = []
+    for preset, per in r["results"].items():
+        for backend, schemes in per.items():
+            for scheme, e in schemes.items():
+                q = e.get("quantized_weights")
+                rows.append([preset, backend, scheme, f"{e['artifact_bytes'] / 1e6:.1f} MB",
+                             f"{q['ratio']:.3f}x" if q else "-",
+                             f"{e['export_s']:.0f} s" if "export_s" in e else "-",
+                             f"{e['export_peak_rss_bytes'] / 2**30:.2f} GiB" if "export_peak_rss_bytes" in e else "-",
+                             f"{e['merged_bundle_bytes'] / 1e6:.2f} MB", f"{e['lora_bundle_bytes'] / 1e6:.2f} MB"])
+    return _table(["preset", "backend", "scheme", "artifact", "quantized weights / fp32", "export", "export peak RSS",
+                   "merged bundle", "lora bundle"], rows)
+
+
 def _render_json(r):
     import json
 
     return ["```json", json.dumps(r, indent=2)[:4000], "```"]
 
 
-RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "speedup": _render_speedup,
-          "serve": _render_serve, "cli": _render_cli}
+RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "quant": _render_quant,
+          "speedup": _render_speedup, "serve": _render_serve, "cli": _render_cli}
