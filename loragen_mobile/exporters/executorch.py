@@ -13,6 +13,12 @@ keys delegated weights by the sha256 of their bytes at export time, so each slot
 (that digest) and ``offset`` (absolute byte offset of its data in ``model.ptd``). Swapping writes new
 bytes at those offsets (same keys, same size): the program and the file layout never change.
 
+Quantized (``schemes``: 8da4w-g32, 8da4w-g128, 8da8w): torchao ``Int8DynamicActivationIntxWeightConfig``
+on every ``nn.Linear``, subclasses unwrapped into plain parameters before ``torch.export`` (so they are
+tagged as external data too); XNNPACK writes the packed codes and scales into ``model.ptd``, each under
+the sha256 of its bytes (``scale_`` + digest for scales). Each swappable weight ``P`` becomes the
+slots ``P:q`` and ``P:scale``, whose bytes are checked against :mod:`loragen_mobile.quant`'s rule.
+
 Runner metadata (``constant_methods``, the names ``extension/llm/runner/constants.h`` reads):
 ``get_max_seq_len``, ``get_max_context_len`` (the KV-cache length), ``get_bos_id``, ``get_eos_ids``
 (every EOS id of config.json, generation_config.json and the tokenizer), ``get_vocab_size``,
