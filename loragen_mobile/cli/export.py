@@ -22,7 +22,7 @@ def register(sub):
     p.add_argument("--max-context", type=int, help="KV-cache length in tokens (default: recipe or 128)")
     p.add_argument("--dtype", choices=["fp32", "fp16"],
                    help="precision (default: recipe, else fp32; Core ML defaults to fp16)")
-    p.add_argument("--quantize", help="weight quantization (none implemented yet; reserved)")
+    p.add_argument("--quantize", help="weight quantization scheme of the backend (ExecuTorch: 8da4w-g32, 8da4w-g128, 8da8w; docs/exporters.md)")
     p.add_argument("--targets", help="comma-separated LoRA target modules whose weights become swap slots "
                                       "(default gate_proj,up_proj,down_proj)")
     p.add_argument("--unmerged-adapter", help="PEFT adapter to keep UNMERGED in the graph (the conventional "
