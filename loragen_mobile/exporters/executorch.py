@@ -13,6 +13,12 @@ keys delegated weights by the sha256 of their bytes at export time, so each slot
 (that digest) and ``offset`` (absolute byte offset of its data in ``model.ptd``). Swapping writes new
 bytes at those offsets (same keys, same size): the program and the file layout never change.
 
+Quantized (``schemes``: 8da4w-g32, 8da4w-g128, 8da8w): torchao ``Int8DynamicActivationIntxWeightConfig``
+on every ``nn.Linear``, subclasses unwrapped into plain parameters before ``torch.export`` (so they are
+tagged as external data too); XNNPACK writes the packed codes and scales into ``model.ptd``, each under
+the sha256 of its bytes (``scale_`` + digest for scales). Each swappable weight ``P`` becomes the
+slots ``P:q`` and ``P:scale``, whose bytes are checked against :mod:`loragen_mobile.quant`'s rule.
+
 Runner metadata (``constant_methods``, the names ``extension/llm/runner/constants.h`` reads):
 ``get_max_seq_len``, ``get_max_context_len`` (the KV-cache length), ``get_bos_id``, ``get_eos_ids``
 (every EOS id of config.json, generation_config.json and the tokenizer), ``get_vocab_size``,
@@ -24,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
 from .common import StaticCacheLM
@@ -138,11 +146,33 @@ class ExecuTorchRunner(Runner):
 class ExecuTorchExporter(Exporter):
     name = "executorch"
     fingerprint_files = (PTE, DATA)
+    #: 8-bit dynamic (per-token) activations with 4-bit grouped or 8-bit per-channel weights
+    schemes = {"8da4w-g32": "xnnpack-int4-g32", "8da4w-g128": "xnnpack-int4-g128", "8da8w": "xnnpack-int8-pc"}
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         job.state["metadata"] = runner_metadata(job.model, job.model_dir, job.max_context)
         # logits [1, 1, V] (last position) unless all_logits
         return StaticCacheLM(job.model, job.max_context, all_logits=job.all_logits).eval()
+
+    def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
+        """torchao ``Int8DynamicActivationIntxWeightConfig`` on every ``nn.Linear`` (lm_head included),
+        then the tensor subclasses unwrapped into plain parameters (``<module>.parametrizations.weight.
+        original0/1/2``: codes, scales, zero points) so that torch.export sees them as parameters and
+        they can be tagged as external data (XNNPACK packs them into model.ptd)."""
+        if job.encoding is None:
+            return wrapper
+        if job.precision != "fp32":
+            raise LoragenError(f"executorch: quantization '{job.quantize}' exports from fp32 weights (activations "
+                               f"and the other weights stay fp32); drop dtype {job.precision}", code="usage")
+        from torchao.utils import unwrap_tensor_subclass
+
+        names = quantize_linears(wrapper, job.encoding, job.model)
+        missing = [n for n in job.swap_names if n not in names]
+        if missing:
+            raise LoragenError(f"{job.quantize}: swappable weight {missing[0]} is not the weight of an "
+                               f"nn.Linear torchao quantizes", code="model")
+        job.quantized = names
+        return unwrap_tensor_subclass(wrapper)
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
         """torch.export -> tag every parameter as external data -> re-export -> XNNPACK -> .pte + .ptd."""
@@ -151,7 +181,9 @@ class ExecuTorchExporter(Exporter):
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
         ep = _export(wrapper, job.max_context)
+        # every parameter: the HF ones, and after quantization the unwrapped codes/scales/zero points
         param_norm = {graph_name(n) for n in job.params}
+        param_norm |= {graph_name(n) for n, _ in wrapper.named_parameters(remove_duplicate=False)}
 
         def tag(node):
             n = node.target if node.op == "get_attr" else node.name
@@ -175,6 +207,8 @@ class ExecuTorchExporter(Exporter):
 
     def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
         """XNNPACK keys each delegated weight by the sha256 of its bytes: the slot is that key's range."""
+        if job.encoding is not None:
+            return _locate_parts(job)
         ranges = _ptd_ranges(job.out / DATA)
         keys_of: dict[str, set[str]] = {}
         for n, p in job.params.items():
@@ -225,6 +259,135 @@ class ExecuTorchExporter(Exporter):
 
     def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
         return ExecuTorchRunner(art, swap)
+
+    def reference_model(self, art: Artifact, model) -> torch.nn.Module:
+        """The eager fp32 model quantized as the XNNPACK program computes it: the artifact's weights
+        quantized by the same torchao config (its codes and scales), each scale at its stored precision
+        (bf16 for 4-bit), the dequantized weights used in fp32, and each quantized linear's input
+        through XNNPACK's dynamic int8 activation quantization (:func:`xnnpack_qd8`). torchao's own
+        eager activation quantization (scale (max - min) / 255, zero point from the minimum) and its
+        fp32 scales differ from what XNNPACK runs by a few code steps, ~0.3 logits on the test models."""
+        info = art.meta.get("weight_encoding") or {}
+        enc = quant.get(info.get("id"))
+        want = list(info.get("params") or [])
+        got = quantize_linears(model, enc, model, only=set(want))
+        if sorted(got) != sorted(want):
+            miss = sorted(set(want) - set(got))
+            raise LoragenError(f"{art.path}: quantized weight {miss[0]} is not an nn.Linear weight of the model",
+                               code="model")
+        for name in got:
+            mod = model.get_submodule(name[: -len(".weight")])
+            w = mod.weight
+            out_f, in_f = w.qdata.shape
+            scale = w.scale.to(getattr(torch, enc.scale_dtype)).to(torch.float32).reshape(out_f, -1, 1)
+            codes = (w.qdata.to(torch.float32).reshape(out_f, scale.shape[1], -1)
+                     - w.zero_point.to(torch.float32).reshape(out_f, -1, 1))
+            mod.weight = torch.nn.Parameter((codes * scale).reshape(out_f, in_f), requires_grad=False)
+            mod.register_forward_pre_hook(lambda m, args: (xnnpack_qd8(args[0]), *args[1:]))
+        return model.eval()
+
+
+def torchao_config(encoding):
+    """The torchao config of an encoding: 8-bit dynamic per-token activations, symmetric int4 weights
+    per group or int8 weights per output channel, "affine" qparams (the rule of ``quant._xnnpack``)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4 if encoding.bits == 4 else torch.int8,
+        weight_granularity=PerGroup(encoding.group) if encoding.group else PerAxis(0),
+        intx_choose_qparams_algorithm="affine")
+
+
+def quantize_linears(module: torch.nn.Module, encoding, hf_model: torch.nn.Module,
+                     only: set[str] | None = None) -> list[str]:
+    """Quantize, in place, every ``nn.Linear`` of ``hf_model`` that ``module`` holds (all of them,
+    lm_head included; a linear whose input features are not a multiple of the group size is left in
+    fp32; ``only``: just these weights) with :func:`torchao_config`. A weight tied to another module
+    (Gemma's lm_head and embedding) is untied: the linear gets the quantized copy. Returns the HF
+    parameter names of the quantized weights."""
+    from torchao.quantization import quantize_
+
+    chosen = {id(m): f"{n}.weight" for n, m in hf_model.named_modules()
+              if type(m) is torch.nn.Linear and (encoding.group is None or m.in_features % encoding.group == 0)
+              and (only is None or f"{n}.weight" in only)}
+    seen: list[str] = []
+
+    def pick(m, fqn) -> bool:
+        if id(m) in chosen and chosen[id(m)] not in seen:
+            seen.append(chosen[id(m)])
+            return True
+        return False
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(module, torchao_config(encoding), filter_fn=pick)
+    order = list(chosen.values())
+    return sorted(seen, key=order.index)
+
+
+def xnnpack_qd8(x: torch.Tensor) -> torch.Tensor:
+    """``x`` through XNNPACK's dynamic int8 quantization (qd8, one scale and zero point per row), then
+    back to float: the row's range widened to contain 0, ``s = 255 / (max - min)`` (1 for an all-zero
+    row), the zero point taken from the range end with the smaller error, clamped to [-128, 127] and
+    rounded; ``q = clamp(round(x * s) + zp)`` (halves to even); the value is ``(q - zp) * (1 / s)``."""
+    x32 = x.to(torch.float32)
+    lo = torch.clamp(x32.amin(-1, keepdim=True), max=0.0)
+    hi = torch.clamp(x32.amax(-1, keepdim=True), min=0.0)
+    s = torch.where(lo == hi, torch.ones_like(lo), torch.tensor(255.0) / (hi - lo))
+    lo_s, hi_s = lo * s, hi * s
+    zp = torch.where((-128.0 + lo_s) + (127.0 + hi_s) > 0, -128.0 - lo_s, 127.0 - hi_s)
+    zp = torch.round(torch.clamp(zp, -128.0, 127.0))
+    q = torch.clamp(torch.round(x32 * s) + zp, -128.0, 127.0)
+    return ((q - zp) * (1.0 / s)).to(x.dtype)
+
+
+def _content_key(part: str, t: torch.Tensor) -> str:
+    """The key XNNPACK stores a packed weight part under in model.ptd: the sha256 of its bytes
+    (scales: ``scale_`` + that digest)."""
+    digest = hashlib.sha256(tensor_bytes(t)).hexdigest()
+    return f"scale_{digest}" if part == "scale" else digest
+
+
+def _locate_parts(job: ExportJob) -> list[SwapSlot]:
+    """The ``P:q`` and ``P:scale`` slots of each swappable weight: the model.ptd entries under the
+    content keys of ``job.expected_parts(P)`` (quant.py's rule), checked to hold exactly those bytes.
+
+    XNNPACK stores byte-identical data once: two tensors whose stored bytes coincide share one entry,
+    which a swap of one would silently change for both. Such an export is refused (code ``model``)."""
+    ranges = _ptd_ranges(job.out / DATA)
+    blob = (job.out / DATA).read_bytes()
+    quantized = set(job.quantized)
+    expected = {n: job.expected_parts(n) for n in job.quantized}
+    owners: dict[str, list[str]] = {}
+    for n, parts in expected.items():
+        for part, t in parts.items():
+            owners.setdefault(_content_key(part, t), []).append(quant.part_name(n, part))
+    seen: set[int] = set()
+    for n, p in job.params.items():  # the unquantized weights (a tied duplicate once)
+        if n not in quantized and id(p) not in seen:
+            seen.add(id(p))
+            owners.setdefault(_content_key("", p.detach()), []).append(n)
+    slots = []
+    for n in job.swap_names:
+        for part in quant.PARTS:
+            t, name = expected[n][part], quant.part_name(n, part)
+            key = _content_key(part, t)
+            if len(owners[key]) > 1:
+                other = next(o for o in owners[key] if o != name)
+                raise LoragenError(f"{job.quantize}: the stored bytes of {name} equal those of {other}; XNNPACK keeps "
+                                   f"one copy in {DATA}, so they could not be swapped separately (re-initialise "
+                                   f"one of the weights before export)", code="model")
+            if key not in ranges:
+                raise LoragenError(f"{job.quantize}: {name} ({job.encoding.id} rule) is not stored in {DATA}: the "
+                                   f"XNNPACK weights differ from quant.py's rule or were not delegated", code="model")
+            off, size = ranges[key]
+            raw = tensor_bytes(t)
+            if size != len(raw) or blob[off:off + size] != raw:
+                raise LoragenError(f"{DATA}: the data under {name}'s key is not its {job.encoding.id} bytes",
+                                   code="model")
+            slots.append(SwapSlot.part_of(n, part, job.encoding, t, DATA, key=key, offset=off))
+    return slots
 
 
 def _export(module, max_context: int):
