@@ -224,7 +224,7 @@ def _check_bundles(art, model_dir, tmp_path):
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gemma"])
 def test_bundles_on_quantized_artifacts_run_as_the_quantized_merged_model(backend, preset, quant_artifacts,
                                                                           model_dirs, tmp_path):
-    from loragen_mobile.exporters import THRESHOLDS, get_exporter, read_artifact
+    from loragen_mobile.exporters import get_exporter, read_artifact
     from loragen_mobile.exporters.common import Reference
 
     art = read_artifact(quant_artifacts(backend, preset))
@@ -236,7 +236,7 @@ def test_bundles_on_quantized_artifacts_run_as_the_quantized_merged_model(backen
     runner = exp.open_runner(outs["merged"])
     ref.reset()
     d = float((runner.prefill(PROMPT) - ref.step(PROMPT)[-1]).abs().max())
-    assert d <= THRESHOLDS["same_scheme"], d
+    assert d <= exp.same_scheme_threshold, d
     want = ref.generate(PROMPT, 10)
     assert exp.open_runner(outs["merged"]).generate(PROMPT, 10) == want
 

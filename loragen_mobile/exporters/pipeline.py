@@ -98,6 +98,8 @@ class Exporter:
     load_dtype: torch.dtype | None = None
     #: quantization schemes :meth:`quantize` implements: scheme name -> encoding id of the stored weights
     schemes: dict[str, str] = {}
+    #: max |logit difference| of a quantized artifact from the same-scheme quantized eager model
+    same_scheme_threshold: float = THRESHOLDS["same_scheme"]
     #: files digested, in order, by :meth:`fingerprint` (swap-slot byte ranges left out)
     fingerprint_files: tuple[str, ...] = ()
 
@@ -356,7 +358,7 @@ class Exporter:
         check_logits(report, self.open_runner(art), model, prompt, steps, THRESHOLDS[f"int{bits}"], prefix="fp32_",
                      report_only=True)
         check_logits(report, self.open_runner(art), self.reference_model(art, model), prompt, steps,
-                     THRESHOLDS["same_scheme"], exact_greedy=True)
+                     self.same_scheme_threshold, exact_greedy=True)
 
     def reference_model(self, art: Artifact, model) -> torch.nn.Module:
         """Hook: the eager model quantized with the artifact's scheme (what the artifact must
