@@ -14,7 +14,7 @@ from loragen_mobile.errors import LoragenError
 from loragen_mobile.exporters import get_exporter
 from loragen_mobile.exporters.artifact import read_artifact
 from loragen_mobile.exporters.executorch import DATA, _locate_parts, _ptd_ranges, quantize_linears
-from loragen_mobile.exporters.validation import THRESHOLDS, ValidationReport, check_logits, validation_prompt
+from loragen_mobile.exporters.validation import ValidationReport, check_logits, validation_prompt
 from loragen_mobile.models import load_model
 
 EXP = get_exporter("executorch")

@@ -49,7 +49,7 @@ from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
 from .common import StatefulCoreMLLM, _dims
-from .pipeline import ExportJob, Exporter, graph_name
+from .pipeline import ExportJob, Exporter, graph_name, quantizable_linears
 from .runner import Runner
 from .validation import ValidationReport
 
@@ -122,33 +122,6 @@ def _quantize_program(mlmodel, consts: list[str], enc: quant.Encoding):
         return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(op_name_configs={c: cfg for c in consts}))
     except Exception as e:
         raise LoragenError(f"coremltools quantization failed: {str(e).splitlines()[0]}") from None
-
-
-def quantizable_params(model, swap_names, enc: quant.Encoding) -> list[str]:
-    """The weights a quantized export stores quantized: every ``nn.Linear`` weight but the output
-    head (and a tied embedding) and a PEFT adapter's own LoRA factors; a non-swappable one whose
-    shape the encoding cannot hold stays fp16, a swappable one must fit (code ``encoding``)."""
-    skip = {id(e.weight) for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}
-    swap = set(swap_names)
-    names = []
-    for mname, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear) or id(mod.weight) in skip:
-            continue
-        if any(p.startswith("lora_") for p in mname.split(".")):
-            continue
-        name = f"{mname}.weight"
-        try:
-            enc.check_shape(mod.weight.shape)
-        except LoragenError:
-            if name in swap:
-                raise
-            continue
-        names.append(name)
-    missing = [n for n in swap_names if n not in names]
-    if missing:
-        raise LoragenError(f"coreml: swappable weight {missing[0]} is not a Linear weight; cannot quantize it",
-                           code="model")
-    return names
 
 
 def quant_const(param: str) -> str:
@@ -276,6 +249,7 @@ class CoreMLExporter(Exporter):
     load_dtype = torch.float32  # converted in fp32; ct.convert's compute precision gives the stored one
     #: scheme -> encoding: int4 in blocks of 32 input features, int8 one scale per output row (fp16 scales)
     schemes = {"int4-b32": "coreml-int4-b32", "int8": "coreml-int8-pc"}
+    quantized_precision = "fp16"  # fp16 scales, fp16 compute (iOS 18)
     fingerprint_files = (SPEC, WEIGHTS)
 
     def export(self, *args, **kw) -> Artifact:
@@ -286,14 +260,11 @@ class CoreMLExporter(Exporter):
         return StatefulCoreMLLM(job.model.float(), job.max_context, all_logits=job.all_logits).eval()
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
-        """Chooses the weights to quantize (:func:`quantizable_params`); coremltools quantizes the
+        """Chooses the weights to quantize (:func:`quantizable_linears`); coremltools quantizes the
         converted program in :meth:`lower` (its optimizer works on ML programs, not on torch)."""
         if job.encoding is None:
             return wrapper
-        if job.precision != "fp16":
-            raise LoragenError(f"coreml: quantized exports ({job.quantize}) store fp16 scales and compute in "
-                               f"fp16; export them with dtype fp16, not {job.precision}", code="usage")
-        job.quantized = quantizable_params(job.model, job.swap_names, job.encoding)
+        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, head=False)
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:

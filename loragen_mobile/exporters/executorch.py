@@ -165,9 +165,6 @@ class ExecuTorchExporter(Exporter):
         they can be tagged as external data (XNNPACK packs them into model.ptd)."""
         if job.encoding is None:
             return wrapper
-        if job.precision != "fp32":
-            raise LoragenError(f"executorch: quantization '{job.quantize}' exports from fp32 weights (activations "
-                               f"and the other weights stay fp32); drop dtype {job.precision}", code="usage")
         from torchao.utils import unwrap_tensor_subclass
 
         names = quantize_linears(wrapper, job.encoding, job.model)

@@ -45,7 +45,7 @@ from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
-from .pipeline import ExportJob, Exporter
+from .pipeline import ExportJob, Exporter, quantizable_linears
 from .runner import Runner
 
 MODEL = "model.onnx"
@@ -64,36 +64,6 @@ ACCURACY_LEVEL = 1
 def part_keys(param: str, enc: quant.Encoding) -> dict[str, str]:
     """The initializer names onnxruntime's quantizer gives the parts of the weight ``param``."""
     return {"q": f"{param}_Q{enc.bits}", "scale": f"{param}_scales"}
-
-
-def linear_weights(model: torch.nn.Module, enc: quant.Encoding, swap_names) -> list[str]:
-    """The linear weights a quantized export stores with ``enc``: every ``nn.Linear`` weight of the
-    model, less LoRA factors, weights tied to another parameter (a tied ``lm_head`` is the
-    embedding table too) and non-swappable weights whose input features are not a multiple of the
-    block size. A swappable weight that cannot be quantized is refused (code ``encoding``)."""
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    swap, out = set(swap_names), []
-    for mod_name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Linear) or ".lora_" in f".{mod_name}":
-            continue
-        name = f"{mod_name}.weight"
-        tied = counts.get(id(m.weight), 0) > 1
-        fits = m.in_features % enc.group == 0
-        if name in swap:
-            if tied:
-                raise LoragenError(f"onnx: swappable weight {name} is tied to another parameter; "
-                                   f"{enc.id} cannot store it", code="encoding")
-            enc.check_shape(m.weight.shape)
-        elif tied or not fits:
-            continue
-        out.append(name)
-    missing = swap - set(out)
-    if missing:
-        raise LoragenError(f"onnx: swappable weight {sorted(missing)[0]} is not a linear weight; "
-                           f"{enc.id} quantizes linear weights only", code="encoding")
-    return out
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -161,13 +131,10 @@ class ONNXExporter(Exporter):
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
         """The graph is quantized in :meth:`lower` (onnxruntime's quantizer works on the ONNX
-        graph); here the weights it must quantize are chosen (:func:`linear_weights`)."""
+        graph); here the weights it must quantize are chosen (:func:`quantizable_linears`)."""
         if job.encoding is None:
             return wrapper
-        if job.precision != "fp32":
-            raise LoragenError(f"onnx: quantization '{job.quantize}' needs --dtype fp32 (MatMulNBits keeps fp32 "
-                               f"scales and activations), not {job.precision}", code="usage")
-        job.quantized = linear_weights(job.model, job.encoding, job.swap_names)
+        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name)
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:

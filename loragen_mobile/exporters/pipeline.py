@@ -100,6 +100,8 @@ class Exporter:
     schemes: dict[str, str] = {}
     #: max |logit difference| of a quantized artifact from the same-scheme quantized eager model
     same_scheme_threshold: float = THRESHOLDS["same_scheme"]
+    #: the one precision a quantized export is made in (the backend's scale and activation precision)
+    quantized_precision: str = "fp32"
     #: files digested, in order, by :meth:`fingerprint` (swap-slot byte ranges left out)
     fingerprint_files: tuple[str, ...] = ()
 
@@ -115,8 +117,11 @@ class Exporter:
         swap slots are the base weights under the LoRA. ``all_logits``: the graph returns logits for
         every input position (default: the last one only)."""
         targets = tuple(targets) if targets else None  # None: the model family's default targets
-        precision = self.check_precision(dtype or self.default_precision)
         encoding = self.encoding_of(quantize)
+        precision = self.check_precision(dtype or (self.quantized_precision if encoding else self.default_precision))
+        if encoding is not None and precision != self.quantized_precision:
+            raise LoragenError(f"{self.name}: quantized exports ({quantize}) are made in {self.quantized_precision} "
+                               f"(scales and activations), not {precision}", code="usage")
         with atomic_dir(out_dir) as tmp, export_steps(len(STEPS), f"export {self.name}", progress) as bar:
             def step(i: int) -> None:
                 if i:
@@ -365,6 +370,39 @@ class Exporter:
         reproduce). The default: every quantized weight replaced by its stored value
         (dequantize(quantize(W)) by the encoding's rule), computed in fp32."""
         return fake_quantize(model, art)
+
+
+def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names, backend: str, *,
+                        head: bool = True) -> list[str]:
+    """The weights a quantized export stores with ``enc``: every ``nn.Linear`` weight less a PEFT
+    adapter's LoRA factors, weights tied to another parameter (a tied ``lm_head`` is the embedding
+    table too), the output head unless ``head``, and non-swappable weights the encoding cannot hold
+    (their input features not a multiple of its group). A swappable weight that cannot be quantized
+    is refused (code ``encoding``), one that is no linear weight too (code ``model``)."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    out_emb = model.get_output_embeddings()
+    head_id = id(out_emb.weight) if out_emb is not None else None
+    swap, out = set(swap_names), []
+    for mod_name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or ".lora_" in f".{mod_name}":
+            continue
+        name = f"{mod_name}.weight"
+        skip = counts.get(id(m.weight), 0) > 1 or (not head and id(m.weight) == head_id)
+        if name in swap:
+            if skip:
+                raise LoragenError(f"{backend}: swappable weight {name} is tied to another parameter or is the "
+                                   f"output head; {enc.id} cannot store it", code="encoding")
+            enc.check_shape(m.weight.shape)
+        elif skip or (enc.group and m.in_features % enc.group):
+            continue
+        out.append(name)
+    missing = swap - set(out)
+    if missing:
+        raise LoragenError(f"{backend}: swappable weight {sorted(missing)[0]} is not a linear weight; "
+                           f"cannot quantize it", code="model")
+    return out
 
 
 def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
