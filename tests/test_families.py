@@ -15,7 +15,8 @@ import json
 import pytest
 import torch
 
-from conftest import FAMILY_MAX_CTX, FAMILY_PRESETS, GEN_OVERRIDES, make_family_model_dir, og_greedy
+from conftest import (FAMILY_MAX_CTX, FAMILY_PRESETS, GEN_OVERRIDES, SLOW_BACKEND_PRESETS, make_family_model_dir,
+                      og_greedy)
 from loragen_mobile import families, lora
 from loragen_mobile.errors import LoragenError
 from loragen_mobile.exporters import ValidationReport, check_logits, get_exporter
@@ -61,8 +62,8 @@ def test_long_prompt_exceeds_every_sliding_window():
 # ------------------------------------------------------------------------------ tiny presets
 
 
-@pytest.mark.parametrize("backend", ["executorch", "onnx"])
-@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+@pytest.mark.parametrize("preset,backend", [(p, b) for p in FAMILY_PRESETS for b in ("executorch", "onnx")
+                                            if b == "onnx" or p in SLOW_BACKEND_PRESETS])
 def test_export_validates_with_a_prompt_longer_than_the_window(preset, backend, family_artifacts, family_dirs):
     exp = get_exporter(backend)
     art = family_artifacts(backend, preset)
@@ -80,7 +81,7 @@ def test_onnxruntime_genai_flow_matches_transformers(preset, family_artifacts, f
     assert og_greedy(art, LONG_PROMPT, 12) == _hf_greedy(model, LONG_PROMPT, 12)
 
 
-@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+@pytest.mark.parametrize("preset", SLOW_BACKEND_PRESETS)
 def test_executorch_stock_runner_matches_transformers(preset, family_artifacts, family_dirs):
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
     from transformers import AutoTokenizer
@@ -98,7 +99,7 @@ def test_executorch_stock_runner_matches_transformers(preset, family_artifacts, 
         assert pieces == [tok.decode([t]) for t in want], (prompt, pieces, want)
 
 
-@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+@pytest.mark.parametrize("preset", SLOW_BACKEND_PRESETS)
 def test_coreml_export_validates_and_its_graph_equals_eager(preset, family_artifacts, family_dirs):
     """Core ML cannot run on Linux: the package is checked (signature, every weight) and the module it
     was converted from is run eagerly with the documented inputs (two prefill chunks, then decode)."""
@@ -143,7 +144,8 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
     base_logits = Reference(base).step(LONG_PROMPT)[-1]
-    for backend in ("executorch", "onnx"):
+    slow = preset in SLOW_BACKEND_PRESETS
+    for backend in ("executorch", "onnx") if slow else ("onnx",):
         art = family_artifacts(backend, preset)
         exp = get_exporter(backend)
         # swap targets: the artifact's default (FFN) slots; attention projections are not slots
@@ -160,9 +162,9 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
         assert float((Reference(want).step(LONG_PROMPT)[-1] - base_logits).abs().max()) > 1e-2
     # Core ML (cannot run here): the swapped package's stored fp16 slot weights are PEFT's merged
     # weights rounded to fp16 (within one fp16 step), and every other slot is untouched
-    art = family_artifacts("coreml", preset)
+    art = family_artifacts("coreml", preset) if slow else None
     want_sd = want.state_dict()
-    for kind in ("merged", "lora"):
+    for kind in ("merged", "lora") if slow else ():
         out = tmp_path / f"coreml-{kind}"
         apply_bundle(build_bundle(art, slot_ad, kind, private_key=key), art, out, pub)
         stored = get_exporter("coreml").read_swap_tensors(out)
@@ -256,14 +258,6 @@ def test_unusual_settings_export_and_validate_on_onnx(name, unusual_dirs, tmp_pa
     art = exp.export(unusual_dirs[name], tmp_path / "onnx", max_context=FAMILY_MAX_CTX, progress=False)
     assert exp.validate(art.path, unusual_dirs[name]).ok
     _check_long(exp.open_runner(art.path), load_model(unusual_dirs[name], dtype=torch.float32))
-
-
-def test_qwen2_partial_sliding_window_on_executorch(unusual_dirs, tmp_path):
-    md = unusual_dirs["qwen2-partial-sliding"]
-    exp = get_exporter("executorch")
-    art = exp.export(md, tmp_path / "et", max_context=FAMILY_MAX_CTX, progress=False)
-    assert exp.validate(art.path, md).ok
-    _check_long(exp.open_runner(art.path), load_model(md, dtype=torch.float32))
 
 
 def test_the_window_matters(unusual_dirs):
