@@ -100,11 +100,7 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     if kind == "merged":
-        if base is None:
-            raise BundleError("a merged bundle needs the artifact's base values of the swappable tensors", code="build")
-        missing = [p for p in slots if p not in base]
-        if missing:
-            raise BundleError(f"base values missing for swap slot {missing[0]}", code="build")
+        _check_base(base, slots)
         touched = merged_tensors({p: base[p] for p in slots}, adapter)
         for p, slot in slots.items():
             t = touched.get(p, base[p])
@@ -137,17 +133,22 @@ def _adapter_modules(adapter: LoraAdapter, params) -> None:
                           f"(artifact targets: {sorted({p.split('.')[-2] for p in params})})", code="slot")
 
 
+def _check_base(base, slots) -> None:
+    """A merged bundle starts from the artifact's own stored value of every slot."""
+    if base is None:
+        raise BundleError("a merged bundle needs the artifact's stored values of its swap slots", code="build")
+    missing = [n for n in slots if n not in base]
+    if missing:
+        raise BundleError(f"base values missing for swap slot {missing[0]}", code="build")
+
+
 def _build_quantized(slots, groups, adapter: LoraAdapter, kind: str, base, full_precision):
     """Tensors and manifest entries of a version-2 bundle (see :func:`build`)."""
     _adapter_modules(adapter, groups)
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     if kind == "merged":
-        if base is None:
-            raise BundleError("a merged bundle needs the artifact's stored parts of the quantized weights", code="build")
-        missing = [n for n in slots if n not in base]
-        if missing:
-            raise BundleError(f"base values missing for swap slot {missing[0]}", code="build")
+        _check_base(base, slots)
         for p, group in groups.items():
             enc = _encoding(group, code="build")
             m = module_of(p)
