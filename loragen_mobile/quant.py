@@ -124,11 +124,20 @@ class Encoding:
         shapes = self.part_shapes(w.shape)
         return {"q": _pack(self, q).reshape(shapes["q"]), "scale": scale.reshape(shapes["scale"]).contiguous()}
 
+    def stored(self, w: torch.Tensor) -> torch.Tensor:
+        """What an artifact holds for weights ``w``, as the runtime sees it: ``dequantize(quantize(w))``
+        in ``w``'s dtype."""
+        return self.dequantize(self.quantize(w.float())).to(w.dtype)
+
+    def codes(self, q: torch.Tensor) -> torch.Tensor:
+        """The signed integer codes ``[out, in]`` (as float32) of a stored q part."""
+        return _unpack(self, q.reshape(q.shape[0], -1))
+
     def dequantize(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """fp32 weights ``[out, in]`` from the stored parts, as the backend's runtime computes them."""
         q, scale = parts["q"], parts["scale"]
         out_f = q.shape[0]
-        codes = _unpack(self, q.reshape(out_f, -1))  # signed integer codes, [out, in] as float32
+        codes = self.codes(q)
         in_f = codes.shape[1]
         g = self.group or in_f
         s = scale.reshape(out_f, in_f // g, 1).to(torch.float32)

@@ -498,13 +498,13 @@ class CoreMLExporter(Exporter):
             if op is None:
                 continue
             found.add(n)
-            codes = quant._unpack(enc, parts["q"]).numpy()
+            codes = enc.codes(parts["q"]).numpy()
             scale = parts["scale"].numpy()
             ok = op["q"].shape == codes.shape and np.array_equal(op["q"].astype(np.float32), codes) and \
                 op["scale"].dtype == np.float16 and np.array_equal(op["scale"].view(np.uint16), scale.view(np.uint16))
             for part, s in slots.get(n, {}).items():
                 t = s.tensor(stored[s.name])
-                rb = quant._unpack(enc, t).numpy() if part == "q" else t.numpy()
+                rb = enc.codes(t).numpy() if part == "q" else t.numpy()
                 mine = op["q"].astype(np.float32) if part == "q" else op["scale"]
                 ok = ok and rb.shape == mine.shape and np.array_equal(rb, mine)
             if not ok:

@@ -414,7 +414,7 @@ def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
     with torch.no_grad():
         for name in info.get("params", []):
             w = params[name]
-            w.copy_(enc.dequantize(enc.quantize(w.detach().float())).to(w.dtype))
+            w.copy_(enc.stored(w.detach()))
     return model
 
 

@@ -54,7 +54,7 @@ class _Swapper:
                     self.params[n].copy_(self._stored(w))
 
     def _stored(self, w: torch.Tensor) -> torch.Tensor:
-        return self.encoding.dequantize(self.encoding.quantize(w.float())).to(w.dtype)
+        return self.encoding.stored(w)
 
     def apply(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Merge scale-1 factors (module name -> (A, B)) with the project's one merge."""
