@@ -19,7 +19,7 @@ from .config import from_mapping, load_section
 from .data import read_jsonl
 from .errors import LoragenError
 from .fsutil import atomic_dir, refuse_existing
-from .training import lm_example, pad_lm_batch, param_groups, token_ce_sum, warmup_cosine
+from .training import IGNORE, lm_example, pad_lm_batch, param_groups, token_ce_sum, warmup_cosine
 
 
 @dataclass
@@ -31,6 +31,10 @@ class EdgeTrainConfig:
     max_steps: int = 3000
     grad_clip: float = 1.0
     seed: int = 0
+    # every step takes one length-sorted micro-batch from each suite (the records' ``suite`` field),
+    # the token budget split evenly: suites of very different lengths then share each step's Adam
+    # update instead of alternating between whole-suite steps
+    balance_suites: bool = True
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: dict | None = None) -> "EdgeTrainConfig":
@@ -58,6 +62,36 @@ def length_batches(lengths: list[int], tokens_per_step: int, rng: random.Random)
     return batches
 
 
+def balanced_steps(suites: list[str], lengths: list[int], tokens_per_step: int, rng: random.Random):
+    """Endless training steps, each a list of micro-batches (example indices): one length batch of
+    every suite, under an even share of the padded-token budget; each suite's examples are all used
+    once before any repeats."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(suites):
+        groups.setdefault(s, []).append(i)
+    budget = tokens_per_step // len(groups)
+    queues: dict[str, list[list[int]]] = {k: [] for k in groups}
+    while True:
+        step = []
+        for k, members in groups.items():
+            if not queues[k]:
+                queues[k] = [[members[j] for j in b] for b in length_batches([lengths[i] for i in members], budget, rng)]
+            step.append(queues[k].pop())
+        yield step
+
+
+def accumulate_step(model, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Backward of one step made of micro-batches (input ids, labels): the gradient of the step's
+    mean target-token cross-entropy, as if it were one batch. Returns that loss."""
+    n_total = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels in micro)
+    loss = 0.0
+    for input_ids, labels in micro:
+        ce_sum, _ = token_ce_sum(model(input_ids=input_ids).logits, labels)
+        (ce_sum / n_total).backward()
+        loss += float(ce_sum.detach()) / n_total
+    return loss
+
+
 def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
                cfg: EdgeTrainConfig, progress: bool = True) -> dict:
     """Fine-tune all weights of the edge model in ``model_dir`` on prompt+input -> target; write ``out``."""
@@ -67,8 +101,6 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
     tok = models.load_tokenizer(model_dir)
     examples = [lm_example(tok, r["system"], r["input"], r["target"]) for r in records]
     lengths = [len(ids) for ids, _ in examples]
-    if max(lengths) > cfg.tokens_per_step:
-        raise LoragenError(f"an example has {max(lengths)} tokens, more than tokens_per_step ({cfg.tokens_per_step})")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model.train()
@@ -80,21 +112,21 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_steps, desc="train edge", unit="step")
-    queue: list[list[int]] = []
+    suites = [r.get("suite", "custom") if cfg.balance_suites else "all" for r in records]
+    budget = cfg.tokens_per_step // len(set(suites))
+    if max(lengths) > budget:
+        raise LoragenError(f"an example has {max(lengths)} tokens, more than tokens_per_step / number of suites "
+                           f"({budget})")
+    steps = balanced_steps(suites, lengths, cfg.tokens_per_step, rng)
     losses = []
     for step in range(cfg.max_steps):
-        if not queue:
-            queue = length_batches(lengths, cfg.tokens_per_step, rng)
-        batch = queue.pop()
-        input_ids, labels = pad_lm_batch([examples[i] for i in batch], tok.pad_token_id)
-        ce_sum, n = token_ce_sum(model(input_ids=input_ids).logits, labels)
-        loss = ce_sum / n
+        micro = [pad_lm_batch([examples[i] for i in b], tok.pad_token_id) for b in next(steps)]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_step(model, micro)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         if bar is not None:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             bar.update()

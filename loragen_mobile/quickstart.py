@@ -34,6 +34,12 @@ ASSETS = Path(__file__).parent / "assets"
 SUITES = ("reasoning", "tools")
 BACKENDS = ("executorch", "onnx", "coreml")
 RUN_BACKENDS = ("executorch", "onnx")
+#: what the report scores on the unseen tasks: LoRA-Gen, the baselines and the controls
+#: (the per-task LoRA baseline is `loragen eval`'s: it trains one LoRA per task)
+EVAL_METHODS = ("edge_prompt", "edge_no_prompt", "loragen", "loragen_other_task", "loragen_empty", "mean_adapter")
+METHOD_LABELS = {"edge_prompt": "edge + prompt", "edge_no_prompt": "edge, no prompt", "loragen": "LoRA-Gen, no prompt",
+                 "loragen_other_task": "other task's description", "loragen_empty": "empty description",
+                 "mean_adapter": "one mean adapter"}
 
 
 def _stage(bar, text):
@@ -63,7 +69,7 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
 
     _stage(bar, "edge model")
     if fast:
-        edge_dir, run_dir = ASSETS / "tiny-llama-edge", ASSETS / "tiny-generator"
+        edge_dir, run_dir = ASSETS / "tiny-llama-edge", ASSETS / "tiny-llama-generator"
         if not (edge_dir / "config.json").is_file() or not (run_dir / "generator.json").is_file():
             raise LoragenError(f"the shipped checkpoints are missing from {ASSETS}; run without --fast")
         report["checkpoints"] = "shipped (loragen_mobile/assets)"
@@ -85,10 +91,14 @@ def run_quickstart(out: str | os.PathLike, fast: bool = False, seed: int = 0, pr
 
     _stage(bar, "evaluate")
     g = load_generator(run_dir, edge_dir=edge_dir)
-    ev = evaluate(g, data["unseen"], methods=("edge_prompt", "edge_no_prompt", "loragen"), progress=False)
+    ev = evaluate(g, data["unseen"], methods=EVAL_METHODS, train_data=data["train"], progress=False)
     report["generator_id"] = g.generator_id
-    report["accuracy"] = {s: {m: ev["results"][s]["unseen"][m]["accuracy"]
-                              for m in ("edge_prompt", "edge_no_prompt", "loragen")} for s in SUITES}
+    report["accuracy"] = {s: {m: ev["results"][s]["unseen"][m]["accuracy"] for m in EVAL_METHODS} for s in SUITES}
+    report["stderr"] = {s: {m: ev["results"][s]["unseen"][m]["stderr"] for m in EVAL_METHODS} for s in SUITES}
+    report["scored"] = {s: {"examples": ev["results"][s]["unseen"]["loragen"]["n"],
+                            "tasks": ev["results"][s]["unseen"]["loragen"]["tasks"],
+                            "left_out_in_training": ev["results"][s]["unseen"]["excluded_train_overlap"]}
+                        for s in SUITES}
     report["input_tokens"] = {s: {"with_prompt": ev["results"][s]["unseen"]["edge_prompt"]["mean_input_tokens"],
                                   "without_prompt": ev["results"][s]["unseen"]["loragen"]["mean_input_tokens"]}
                               for s in SUITES}
@@ -199,16 +209,20 @@ def _median_prefill(runner, ids, repeats: int = 7) -> float:
 
 
 def format_table(report: dict) -> str:
-    rows = [("suite", "edge + prompt", "edge, no prompt", "LoRA-Gen, no prompt", "tokens w/ prompt", "tokens w/o",
-             "compression", "ET prefill x", "ORT prefill x")]
+    methods = [m for m in EVAL_METHODS if m in report["accuracy"][SUITES[0]]]
+    rows = [("suite",) + tuple(METHOD_LABELS[m] for m in methods)
+            + ("tokens w/ prompt", "tokens w/o", "compression", "ET prefill x", "ORT prefill x")]
     for s in SUITES:
-        a, t = report["accuracy"][s], report["input_tokens"][s]
-        rows.append((s, f"{a['edge_prompt']:.3f}", f"{a['edge_no_prompt']:.3f}", f"{a['loragen']:.3f}",
-                     f"{t['with_prompt']:.1f}", f"{t['without_prompt']:.1f}", f"{report['compression_ratio'][s]:.1f}x",
-                     f"{report['prefill_speedup']['executorch'][s]:.1f}x", f"{report['prefill_speedup']['onnx'][s]:.1f}x"))
+        a, e, t = report["accuracy"][s], report["stderr"][s], report["input_tokens"][s]
+        rows.append((s,) + tuple(f"{a[m]:.3f}±{e[m]:.3f}" for m in methods)
+                    + (f"{t['with_prompt']:.1f}", f"{t['without_prompt']:.1f}", f"{report['compression_ratio'][s]:.1f}x",
+                       f"{report['prefill_speedup']['executorch'][s]:.1f}x", f"{report['prefill_speedup']['onnx'][s]:.1f}x"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("accuracy on unseen task descriptions ± standard error over tasks; scored: " + ", ".join(
+        f"{s} {report['scored'][s]['examples']} examples of {report['scored'][s]['tasks']} tasks"
+        for s in SUITES))
     b = report["bundle_bytes"]
     lines.append("")
     lines.append(f"bundle: merged {b['merged'] / 1e3:.0f} kB, lora {b['lora'] / 1e3:.0f} kB; artifacts: "
@@ -227,11 +241,13 @@ def write_markdown(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    methods = [("edge_prompt", "edge + prompt"), ("edge_no_prompt", "edge, no prompt"), ("loragen", "LoRA-Gen, no prompt")]
-    w = 0.27
-    for k, (m, label) in enumerate(methods):
-        ax.bar([i + (k - 1) * w for i in range(len(SUITES))], [report["accuracy"][s][m] for s in SUITES], w, label=label)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    methods = [m for m in EVAL_METHODS if m in report["accuracy"][SUITES[0]]]
+    w = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        ax.bar([i + (k - (len(methods) - 1) / 2) * w for i in range(len(SUITES))],
+               [report["accuracy"][s][m] for s in SUITES], w, yerr=[report["stderr"][s][m] for s in SUITES],
+               label=METHOD_LABELS[m], capsize=2)
     ax.set(xticks=range(len(SUITES)), xticklabels=SUITES, ylabel="exact match (unseen tasks)", ylim=(0, 1),
            title="Accuracy on unseen task descriptions")
     ax.legend(fontsize=8)

@@ -282,13 +282,13 @@ def test_shipped_generator_is_bound_to_the_shipped_edge_model(tmp_path):
     from loragen_mobile.generator import load_generator
     from loragen_mobile.generator.store import edge_weights_fingerprint
 
-    meta = json.loads((ASSETS / "tiny-generator" / "generator.json").read_text())
+    meta = json.loads((ASSETS / "tiny-llama-generator" / "generator.json").read_text())
     assert meta["edge"]["weights_sha256"] == edge_weights_fingerprint(ASSETS / "tiny-llama-edge")
     from loragen_mobile.errors import LoragenWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", LoragenWarning)  # no "older run" warning: the fingerprint is checked
-        g = load_generator(ASSETS / "tiny-generator")
+        g = load_generator(ASSETS / "tiny-llama-generator")
     assert g.edge_fingerprint == meta["edge"]["weights_sha256"]
 
 

@@ -337,13 +337,15 @@ def test_generate_batch_mode_writes_one_adapter_per_name(tmp_path, generator_run
 def test_eval_reports_accuracy_tokens_and_compression(tmp_path, generator_run):
     from conftest import prompt_text
 
-    from loragen_mobile.data import group_by_task, make_suite, write_jsonl
-    from loragen_mobile.generator.evaluate import evaluate
+    from loragen_mobile.data import group_by_task, make_suite, task_skills, write_jsonl
+    from loragen_mobile.generator.evaluate import METHODS, evaluate
 
     recs = []
-    for suite in ("reasoning", "tools"):
-        for task_recs in list(group_by_task(make_suite(suite, "unseen", per_task=4)).values())[:2]:
-            recs += task_recs
+    for suite in ("reasoning", "tools"):  # two tasks per suite that share no skill (another rule, other tools)
+        groups = group_by_task(make_suite(suite, "unseen", per_task=4))
+        first = next(iter(groups))
+        second = next(t for t in groups if not task_skills(t) & task_skills(first))
+        recs += groups[first] + groups[second]
     data = tmp_path / "unseen.jsonl"
     write_jsonl(recs, data)
     rep = evaluate(generator_run, data, lora_steps=3, progress=False)
@@ -357,10 +359,45 @@ def test_eval_reports_accuracy_tokens_and_compression(tmp_path, generator_run):
         assert row["edge_prompt"]["mean_input_tokens"] == pytest.approx(want_with)
         assert row["loragen"]["mean_input_tokens"] == pytest.approx(want_without)
         assert row["compression_ratio"] == pytest.approx(want_with / want_without)
-        for m in ("edge_prompt", "edge_no_prompt", "task_lora", "loragen", "loragen_wrong"):
-            assert row[m]["n"] == 4 and 0.0 <= row[m]["accuracy"] <= 1.0
+        for m in METHODS:
+            assert row[m]["n"] == 4 and row[m]["tasks"] == 2 and 0.0 <= row[m]["accuracy"] <= 1.0
+        assert row["excluded_train_overlap"] == 0
     # an untrained edge model answers nothing right, with or without the prompt
-    assert rep["results"]["tools"]["unseen"]["edge_prompt"]["accuracy"] == 0.0
+    assert rep["results"]["tools"]["unseen"]["edge_prompt"] == {**rep["results"]["tools"]["unseen"]["edge_prompt"],
+                                                               "accuracy": 0.0, "stderr": 0.0}
+    # the other-task control pairs tasks of one suite that share no skill (rule; tool intents)
+    for tid, other in rep["other_task"].items():
+        assert other.split("-")[0] == tid.split("-")[0] and not task_skills(tid) & task_skills(other)
+    # scored examples that occur in the training data are left out and counted
+    train = tmp_path / "train.jsonl"
+    first = group_by_task(recs)
+    dup = [rs[2] for rs in first.values()][:3]
+    write_jsonl(dup, train)
+    rep2 = evaluate(generator_run, data, methods=("edge_no_prompt",), progress=False, train_data=train)
+    assert rep2["results"]["reasoning"]["unseen"]["excluded_train_overlap"] == 2
+    assert rep2["results"]["reasoning"]["unseen"]["edge_no_prompt"]["n"] == 2
+    assert rep2["results"]["tools"]["unseen"]["excluded_train_overlap"] == 1
+    assert rep2["results"]["tools"]["unseen"]["edge_no_prompt"]["n"] == 3
+
+
+def test_eval_controls_and_standard_errors():
+    from loragen_mobile.generator.evaluate import accuracy_stats, mean_factors, other_tasks
+
+    # the standard error treats tasks as clusters: 4 tasks of 8 examples, per-task 8, 0, 4, 4 correct
+    st = accuracy_stats([(8, 8), (0, 8), (4, 8), (4, 8)])
+    assert st["accuracy"] == 0.5 and st["n"] == 32 and st["tasks"] == 4
+    assert st["stderr"] == pytest.approx((4 / 3 * (16 + 16 + 0 + 0)) ** 0.5 / 32)  # = 0.2041, not sqrt(.25/32) = 0.088
+    assert accuracy_stats([(3, 4)])["stderr"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    # the mean adapter's delta is exactly the mean of the deltas
+    g = torch.Generator().manual_seed(0)
+    fs = [{"m": (torch.randn(2, 5, generator=g), torch.randn(3, 2, generator=g))} for _ in range(3)]
+    a, b = mean_factors(fs)["m"]
+    torch.testing.assert_close(b @ a, sum(bb @ aa for aa, bb in (f["m"] for f in fs)) / 3)
+    # reasoning: never the same rule; tools: no shared intent; a lone task of a suite is its own control
+    ids = ["reasoning-u-reverse-p4-f2", "reasoning-u-reverse-p5-f2", "reasoning-u-upper-p4-f2",
+           "tools-weather0-timer1-music2", "tools-weather1-call0-news0", "tools-stock0-light1-translate2", "custom-x"]
+    suites = ["reasoning"] * 3 + ["tools"] * 3 + ["custom"]
+    assert other_tasks(ids, suites) == {0: 2, 1: 2, 2: 0, 3: 5, 4: 5, 5: 3, 6: 6}
 
 
 def test_bundle_build_from_generator_matches_the_merged_pytorch_model(tmp_path, generator_run, preset_dirs, capsys):

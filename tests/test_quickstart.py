@@ -53,7 +53,7 @@ def test_runtimes_answer_like_the_merged_pytorch_model(qs):
     from loragen_mobile.quickstart import ASSETS
 
     out, r = qs
-    g = load_generator(ASSETS / "tiny-generator")
+    g = load_generator(ASSETS / "tiny-llama-generator")
     unseen = read_jsonl(out / "data" / "unseen.jsonl")
     tok = g.edge_tokenizer
     for s in SUITES:
@@ -66,7 +66,7 @@ def test_runtimes_answer_like_the_merged_pytorch_model(qs):
             gen = merged.generate(input_ids=ids, max_new_tokens=n_new, do_sample=False, eos_token_id=tok.eos_token_id,
                                   pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
         want = tok.decode([t for t in gen if t != tok.eos_token_id], skip_special_tokens=True)
-        g = load_generator(ASSETS / "tiny-generator")  # merge_into_model changed g.edge in place
+        g = load_generator(ASSETS / "tiny-llama-generator")  # merge_into_model changed g.edge in place
         for b in ("executorch", "onnx"):
             assert r["runs_without_prompt"][f"{s}/{b}"]["output"] == want
 

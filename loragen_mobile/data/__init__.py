@@ -103,10 +103,10 @@ def group_by_task(records: list[dict]) -> "OrderedDict[str, list[dict]]":
     return groups
 
 
-from .suites import SUITES, make_suite  # noqa: E402
+from .suites import SUITES, make_suite, task_skills  # noqa: E402
 
 __all__ = ["REQUIRED", "OPTIONAL", "validate_record", "read_jsonl", "write_jsonl",
-           "group_by_task", "SUITES", "make_suite", "make_records_file"]
+           "group_by_task", "SUITES", "make_suite", "make_records_file", "task_skills"]
 
 
 def make_records_file(suite: str, split: str, out, seed: int = 0, per_task: int | None = None) -> int:

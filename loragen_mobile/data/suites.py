@@ -217,6 +217,21 @@ def _tools(split: str, per_task: int, seed: int) -> list[dict]:
 
 # -------------------------------------------------------------------------------------- common
 
+
+def task_skills(task_id: str) -> frozenset[str]:
+    """What a built-in task asks for: its rule (reasoning) or its tool intents (tools). Two tasks
+    with disjoint skills have nothing in common an answer could use: the evaluation's
+    other-task control pairs such tasks. A task id of another origin is its own single skill."""
+    parts = task_id.split("-")
+    if parts[0] == "reasoning" and len(parts) == 5 and parts[2] in RULES:
+        return frozenset({f"rule:{parts[2]}"})
+    if parts[0] == "tools" and len(parts) > 1:
+        intents = [p.rstrip("0123456789") for p in parts[1:]]
+        if all(i in INTENTS for i in intents):
+            return frozenset(f"intent:{i}" for i in intents)
+    return frozenset({task_id})
+
+
 SUITES = {"reasoning": _reasoning, "tools": _tools}
 # training examples per seen task: string rules on random words need many examples to generalise
 TRAIN_PER_TASK = {"reasoning": 160, "tools": 16}

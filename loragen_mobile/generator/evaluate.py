@@ -1,20 +1,29 @@
-"""`loragen eval`: LoRA-Gen against the baselines, per suite and split.
+"""`loragen eval`: LoRA-Gen against the baselines and controls, per suite and split.
 
 Methods (accuracy = exact match of the greedy output, or choice scoring for multiple choice):
-  edge_prompt      the edge model with the system prompt in context
-  edge_no_prompt   the edge model without it
-  task_lora        a LoRA fine-tuned per task on that task's adaptation examples, without the prompt
-  loragen          the generated LoRA, merged, without the prompt
-  loragen_wrong    control: the LoRA generated from another task's description
+  edge_prompt         the edge model with the system prompt in context
+  edge_no_prompt      the edge model without it
+  task_lora           a LoRA fine-tuned per task on that task's adaptation examples, without the prompt
+  loragen             the LoRA generated from the task's description, merged, without the prompt
+Controls (each says what LoRA-Gen's figure would be without reading the right description):
+  loragen_other_task  the LoRA generated from the description of a task that shares no skill with
+                      this one (another string rule; a tool set with none of the same intents)
+  loragen_empty       the LoRA generated from an empty description (the meta tokens alone)
+  mean_adapter        one adapter for every task of the suite and split: the mean of their
+                      generated LoRAs (delta W averaged exactly, as a LoRA of the summed rank)
 
 Each task's records are split in half: the first half adapts ``task_lora`` (the same number of
-examples per task as the built-in training files hold), the second half is scored for every
-method. Input tokens count everything the edge model reads before answering.
+examples per task as the built-in evaluation files hold), the second half is scored for every
+method. With ``train_data``, scored examples whose (description, input) also occur in training
+are left out and counted (``excluded_train_overlap``). Accuracies carry their standard error over
+tasks (examples of one task are not independent). Input tokens count everything the edge model
+reads before answering.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import quant
-from ..data import group_by_task, read_jsonl
+from ..data import group_by_task, read_jsonl, task_skills
 from ..errors import LoragenError
 from ..fsutil import atomic_file
 from ..lora import LoraAdapter, merged_tensors
@@ -30,7 +39,10 @@ from ..training import left_pad, lm_example, pad_lm_batch, token_ce_sum
 from .model import batched_lora
 from .store import Generator, generate_factors, load_generator
 
-METHODS = ("edge_prompt", "edge_no_prompt", "task_lora", "loragen", "loragen_wrong")
+METHODS = ("edge_prompt", "edge_no_prompt", "task_lora", "loragen", "loragen_other_task", "loragen_empty",
+           "mean_adapter")
+#: the per-task LoRA baseline's budget: the 8 adaptation examples, full batch, Adam at LORA_LR
+LORA_STEPS, LORA_LR = 150, 1e-2
 
 
 class _Swapper:
@@ -130,18 +142,55 @@ def task_lora(g: Generator, recs: list[dict], steps: int, lr: float, seed: int) 
             for m, (a, b) in factors.items() for i in range(L)}
 
 
+def other_tasks(ids: list[str], suites: list[str]) -> dict[int, int]:
+    """For each task, a task of the same suite that shares no skill with it (:func:`task_skills`):
+    the first such one after it, cyclically; where none exists, the one sharing the fewest skills."""
+    out = {}
+    for i, t in enumerate(ids):
+        members = [j for j in range(len(ids)) if suites[j] == suites[i] and j != i]
+        if not members:
+            out[i] = i
+            continue
+        members.sort(key=lambda j: (j - i) % len(ids))
+        out[i] = min(members, key=lambda j: len(task_skills(t) & task_skills(ids[j])))
+    return out
+
+
+def mean_factors(factors: list[dict]) -> dict:
+    """One adapter whose delta is the mean of the given adapters' deltas (scale-1 factors): the
+    factors stacked along the rank, B divided by their number."""
+    n = len(factors)
+    return {k: (torch.cat([f[k][0] for f in factors], 0), torch.cat([f[k][1] for f in factors], 1) / n)
+            for k in factors[0]}
+
+
+def accuracy_stats(per_task: list[tuple[float, int]]) -> dict:
+    """Accuracy over all scored examples and its standard error with tasks as clusters (the
+    examples of one task share its description and are not independent)."""
+    n = sum(k for _, k in per_task)
+    p = sum(c for c, _ in per_task) / n
+    t = len(per_task)
+    if t > 1:
+        se = math.sqrt(t / (t - 1) * sum((c - p * k) ** 2 for c, k in per_task)) / n
+    else:
+        se = math.sqrt(p * (1 - p) / n)
+    return {"accuracy": p, "stderr": se, "n": n, "tasks": t}
+
+
 def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=METHODS,
-             lora_steps: int = 60, lora_lr: float = 1e-2, progress: bool = True,
-             weight_encoding: str | None = None) -> dict:
-    """Accuracy and mean input tokens per (suite, split, method); compression ratios.
-    ``weight_encoding``: evaluate the edge model with quantized decoder weights (see :class:`_Swapper`)."""
+             lora_steps: int = LORA_STEPS, lora_lr: float = LORA_LR, progress: bool = True,
+             weight_encoding: str | None = None, train_data: str | os.PathLike | None = None) -> dict:
+    """Accuracy (with standard error) and mean input tokens per (suite, split, method); compression.
+    ``weight_encoding``: evaluate the edge model with quantized decoder weights (see :class:`_Swapper`).
+    ``train_data``: the training records; scored examples that occur there are left out."""
     encoding = quant.get(weight_encoding) if weight_encoding else None
-    if not isinstance(g, Generator):
-        g = load_generator(g)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LoragenError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     records = read_jsonl(data)
+    seen_inputs = {(r["system"], r["input"]) for r in read_jsonl(train_data)} if train_data else set()
+    if not isinstance(g, Generator):
+        g = load_generator(g)
     tasks = group_by_task(records)
     for tid, recs in tasks.items():
         if len(recs) < 2:
@@ -149,18 +198,17 @@ def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=
                                "(the first half adapts the per-task LoRA, the second half is scored)")
     ids = list(tasks)
     systems = [tasks[t][0]["system"] for t in ids]
-    # control: the description of the next task of the same suite
-    by_suite: dict[str, list[int]] = {}
-    for i, t in enumerate(ids):
-        by_suite.setdefault(tasks[t][0].get("suite", "custom"), []).append(i)
-    wrong = {}
-    for members in by_suite.values():
-        for k, i in enumerate(members):
-            wrong[i] = members[(k + 1) % len(members)] if len(members) > 1 else i
+    groups = [(tasks[t][0].get("suite", "custom"), tasks[t][0].get("split", "all")) for t in ids]
+    other = other_tasks(ids, [s for s, _ in groups])
     gen_factors: list = []
-    if "loragen" in methods or "loragen_wrong" in methods:
+    if {"loragen", "loragen_other_task", "mean_adapter"} & set(methods):
         for s in range(0, len(systems), 16):
             gen_factors += generate_factors(g, systems[s:s + 16])
+    empty = generate_factors(g, [""], allow_empty=True)[0] if "loragen_empty" in methods else None
+    means = {}
+    if "mean_adapter" in methods:
+        for key in dict.fromkeys(groups):
+            means[key] = mean_factors([f for f, k in zip(gen_factors, groups) if k == key])
     model, tok = g.edge, g.edge_tokenizer
     swap = _Swapper(model, encoding)
     cells: dict = OrderedDict()
@@ -172,55 +220,94 @@ def evaluate(g: Generator | str | os.PathLike, data: str | os.PathLike, methods=
     for i, tid in enumerate(ids):
         recs = tasks[tid]
         half = len(recs) // 2
-        adapt, scored = recs[:half], recs[half:]
-        key = (recs[0].get("suite", "custom"), recs[0].get("split", "all"))
-        cell = cells.setdefault(key, {m: {"correct": 0.0, "n": 0, "tokens": 0.0} for m in methods})
+        adapt = recs[:half]
+        scored = [r for r in recs[half:] if (r["system"], r["input"]) not in seen_inputs]
+        cell = cells.setdefault(groups[i], {"excluded": 0, "methods": {m: [] for m in methods}, "tokens": {}})
+        cell["excluded"] += len(recs) - half - len(scored)
+        if bar is not None:
+            bar.update()
+        if not scored:
+            continue
         for m in methods:
             system = systems[i] if m == "edge_prompt" else None
             if m == "task_lora":
                 swap.apply(task_lora(g, adapt, lora_steps, lora_lr, seed=i))
             elif m == "loragen":
                 swap.apply(gen_factors[i])
-            elif m == "loragen_wrong":
-                swap.apply(gen_factors[wrong[i]])
+            elif m == "loragen_other_task":
+                swap.apply(gen_factors[other[i]])
+            elif m == "loragen_empty":
+                swap.apply(empty)
+            elif m == "mean_adapter":
+                swap.apply(means[groups[i]])
             acc, n_in = _score(model, tok, scored, system)
             swap.restore()
-            c = cell[m]
-            c["correct"] += acc * len(scored)
-            c["n"] += len(scored)
-            c["tokens"] += n_in * len(scored)
-        if bar is not None:
-            bar.update()
+            cell["methods"][m].append((acc * len(scored), len(scored)))
+            cell["tokens"][m] = cell["tokens"].get(m, 0.0) + n_in * len(scored)
     if bar is not None:
         bar.close()
     results: dict = {}
     for (suite, split), cell in cells.items():
-        row = {m: {"accuracy": c["correct"] / c["n"], "n": c["n"], "mean_input_tokens": c["tokens"] / c["n"]}
-               for m, c in cell.items()}
+        row: dict = {}
+        for m, per_task in cell["methods"].items():
+            if per_task:
+                row[m] = accuracy_stats(per_task)
+                row[m]["mean_input_tokens"] = cell["tokens"][m] / row[m]["n"]
+        row["excluded_train_overlap"] = cell["excluded"]
         if "edge_prompt" in row and "loragen" in row:
             row["compression_ratio"] = row["edge_prompt"]["mean_input_tokens"] / row["loragen"]["mean_input_tokens"]
         results.setdefault(suite, {})[split] = row
     return {"generator_id": g.generator_id, "data": str(data), "tasks": len(ids), "methods": list(methods),
-            "weight_encoding": weight_encoding,
+            "weight_encoding": weight_encoding, "train_data": str(train_data) if train_data else None,
+            "other_task": {ids[i]: ids[j] for i, j in other.items()},
             "task_lora": {"steps": lora_steps, "lr": lora_lr, "rank": g.cfg.rank}, "results": results}
 
 
 def format_report(report: dict) -> str:
     methods = report["methods"]
-    head = ["suite", "split"] + methods + ["tokens w/ prompt", "tokens w/o", "compression"]
+    head = ["suite", "split"] + methods + ["tokens w/ prompt", "tokens w/o", "compression", "left out (in training)"]
     rows = [head]
     for suite, splits in report["results"].items():
         for split, row in splits.items():
-            r = [suite, split] + [f"{row[m]['accuracy']:.3f}" for m in methods]
+            r = [suite, split] + [f"{row[m]['accuracy']:.3f}±{row[m]['stderr']:.3f}" if m in row else "-"
+                                  for m in methods]
             if "edge_prompt" in row and "loragen" in row:
                 r += [f"{row['edge_prompt']['mean_input_tokens']:.1f}", f"{row['loragen']['mean_input_tokens']:.1f}",
                       f"{row['compression_ratio']:.1f}x"]
             else:
                 r += ["-", "-", "-"]
-            rows.append(r)
+            rows.append(r + [str(row.get("excluded_train_overlap", 0))])
     widths = [max(len(str(x[c])) for x in rows) for c in range(len(head))]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+LABELS = {"edge_prompt": "edge + prompt", "edge_no_prompt": "edge, no prompt", "task_lora": "per-task LoRA",
+          "loragen": "LoRA-Gen, no prompt", "loragen_other_task": "other task's description",
+          "loragen_empty": "empty description", "mean_adapter": "one mean adapter"}
+
+
+def format_markdown(reports: list[tuple[str, dict]]) -> str:
+    """One Markdown table for named reports (name, report): accuracy ± standard error per method,
+    input tokens, compression and the scored / left-out example counts, per suite and split."""
+    methods = [m for m in METHODS if any(m in r["methods"] for _, r in reports)]
+    head = ["edge", "suite", "split"] + [LABELS[m] for m in methods] + [
+        "tokens with / without prompt", "compression", "scored (tasks)", "left out (in training)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rep in reports:
+        for suite, splits in rep["results"].items():
+            for split, row in splits.items():
+                cells = [name, suite, split] + [f"{row[m]['accuracy']:.3f} ± {row[m]['stderr']:.3f}" if m in row else "-"
+                                                for m in methods]
+                if "compression_ratio" in row:
+                    cells += [f"{row['edge_prompt']['mean_input_tokens']:.1f} / {row['loragen']['mean_input_tokens']:.1f}",
+                              f"{row['compression_ratio']:.1f}x"]
+                else:
+                    cells += ["-", "-"]
+                first = next(row[m] for m in methods if m in row)
+                cells += [f"{first['n']} ({first['tasks']})", str(row["excluded_train_overlap"])]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

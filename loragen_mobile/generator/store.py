@@ -222,12 +222,14 @@ def task_sha256(task: str) -> str:
 
 
 @torch.no_grad()
-def generate_factors(g: Generator, tasks: list[str]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """Per description: module name -> (A (K*r, in), B (out, K*r)), scale 1. Nothing touches disk."""
+def generate_factors(g: Generator, tasks: list[str], allow_empty: bool = False
+                     ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Per description: module name -> (A (K*r, in), B (out, K*r)), scale 1. Nothing touches disk.
+    ``allow_empty``: an empty description is read as the meta tokens alone (the evaluation's control)."""
     if not tasks:
         return []
     for t in tasks:
-        if not isinstance(t, str) or not t.strip():
+        if not isinstance(t, str) or (not t.strip() and not (allow_empty and t == "")):
             raise LoragenError("a task description must be a non-empty string")
     limit = g.cfg.max_length - g.layout.num_layers
     seqs = [([g.cloud_tokenizer.bos_token_id] + encode(g.cloud_tokenizer, t))[:limit] for t in tasks]
