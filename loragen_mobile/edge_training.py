@@ -34,7 +34,7 @@ class EdgeTrainConfig:
     # every step takes one length-sorted micro-batch from each suite (the records' ``suite`` field),
     # the token budget split evenly: suites of very different lengths then share each step's Adam
     # update instead of alternating between whole-suite steps
-    balance_suites: bool = True
+    balance_suites: bool = False
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: dict | None = None) -> "EdgeTrainConfig":

@@ -12,6 +12,7 @@ for S in train seen unseen; do
 done
 for P in tiny-llama tiny-gemma; do
   G=loragen_mobile/assets/$P-generator
+  [ -d "$G" ] || { echo "no shipped checkpoints for $P (bash scripts/make-assets.sh WORKDIR $P builds them)"; continue; }
   $LORAGEN eval --generator $G --data "$W/unseen.jsonl" --train-data "$W/train.jsonl" --out "docs/eval/$P-unseen.json"
   $LORAGEN eval --generator $G --data "$W/seen.jsonl" --train-data "$W/train.jsonl" --out "docs/eval/$P-seen.json" \
     --methods edge_prompt,edge_no_prompt,loragen,loragen_other_task,loragen_empty,mean_adapter

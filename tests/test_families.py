@@ -15,8 +15,8 @@ import json
 import pytest
 import torch
 
-from conftest import (FAMILY_MAX_CTX, FAMILY_PRESETS, GEN_OVERRIDES, SLOW_BACKEND_PRESETS, make_family_model_dir,
-                      og_greedy)
+from conftest import (ET_FAMILY_PRESETS, FAMILY_MAX_CTX, FAMILY_PRESETS, GEN_OVERRIDES, SLOW_BACKEND_PRESETS,
+                      make_family_model_dir, og_greedy)
 from loragen_mobile import families, lora
 from loragen_mobile.errors import LoragenError
 from loragen_mobile.exporters import ValidationReport, check_logits, get_exporter
@@ -63,7 +63,7 @@ def test_long_prompt_exceeds_every_sliding_window():
 
 
 @pytest.mark.parametrize("preset,backend", [(p, b) for p in FAMILY_PRESETS for b in ("executorch", "onnx")
-                                            if b == "onnx" or p in SLOW_BACKEND_PRESETS])
+                                            if b == "onnx" or p in ET_FAMILY_PRESETS])
 def test_export_validates_with_a_prompt_longer_than_the_window(preset, backend, family_artifacts, family_dirs):
     exp = get_exporter(backend)
     art = family_artifacts(backend, preset)
@@ -81,7 +81,7 @@ def test_onnxruntime_genai_flow_matches_transformers(preset, family_artifacts, f
     assert og_greedy(art, LONG_PROMPT, 12) == _hf_greedy(model, LONG_PROMPT, 12)
 
 
-@pytest.mark.parametrize("preset", SLOW_BACKEND_PRESETS)
+@pytest.mark.parametrize("preset", ET_FAMILY_PRESETS)
 def test_executorch_stock_runner_matches_transformers(preset, family_artifacts, family_dirs):
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
     from transformers import AutoTokenizer
@@ -144,8 +144,7 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
     base_logits = Reference(base).step(LONG_PROMPT)[-1]
-    slow = preset in SLOW_BACKEND_PRESETS
-    for backend in ("executorch", "onnx") if slow else ("onnx",):
+    for backend in ("executorch", "onnx") if preset in ET_FAMILY_PRESETS else ("onnx",):
         art = family_artifacts(backend, preset)
         exp = get_exporter(backend)
         # swap targets: the artifact's default (FFN) slots; attention projections are not slots

@@ -427,3 +427,18 @@ def test_bundle_build_from_generator_matches_the_merged_pytorch_model(tmp_path, 
             want = merged(input_ids=torch.tensor([ids])).logits[0, -1]  # prefill returns the last position
         got = open_runner_with_bundle(out, art, load_public_key(tmp_path / "k.pub")).prefill(ids)
         assert (got - want).abs().max().item() < 1e-4
+
+
+def test_results_accuracy_table_is_rendered_from_the_reports():
+    """docs/results.md's accuracy table is exactly what scripts/render_results.py renders from the
+    reports in docs/eval/ (no hand-typed figure)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("render_results", root / "scripts" / "render_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.DOC.read_text()
+    assert mod.render(text) == text
+    table = text.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0]
+    assert table.count("\n| tiny-") >= 4  # both presets, unseen and seen
