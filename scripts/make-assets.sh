@@ -20,12 +20,18 @@ for P in "${PRESETS[@]}"; do
   mkdir -p "$A/$P-generator"
   cp -r "$W/$P-edge" "$A/$P-edge"
   cp -r "$W/$P-generator/generator.safetensors" "$W/$P-generator/cloud-adapter" "$A/$P-generator/"
-  # the shipped generator finds its edge model beside it
-  python3 - "$W/$P-generator/generator.json" "$A/$P-generator/generator.json" "../$P-edge" <<'PY'
+  # the shipped generator finds its edge model beside it (no path of this machine is shipped)
+  python3 - "$W/$P-generator/generator.json" "$A/$P-generator" "../$P-edge" <<'PY'
 import json, sys
+from pathlib import Path
 meta = json.load(open(sys.argv[1]))
-meta["edge"]["path"] = meta["cloud"]["path"] = sys.argv[3]
-open(sys.argv[2], "w").write(json.dumps(meta, indent=2) + "\n")
+out, rel = Path(sys.argv[2]), sys.argv[3]
+trained = meta["edge"]["path"]
+meta["edge"]["path"] = meta["cloud"]["path"] = rel
+(out / "generator.json").write_text(json.dumps(meta, indent=2) + "\n")
+for name in ("adapter_config.json", "README.md"):
+    f = out / "cloud-adapter" / name
+    f.write_text(f.read_text().replace(trained, rel))
 PY
   echo "wrote $A/$P-edge and $A/$P-generator"
 done
