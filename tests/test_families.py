@@ -144,6 +144,7 @@ def test_bundle_swaps_of_both_kinds_equal_the_peft_merge(preset, family_artifact
     generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     key, pub = load_private_key(tmp_path / "k.pem"), load_public_key(tmp_path / "k.pub")
     base_logits = Reference(base).step(LONG_PROMPT)[-1]
+    slow = preset in SLOW_BACKEND_PRESETS  # exported to Core ML
     for backend in ("executorch", "onnx") if preset in ET_FAMILY_PRESETS else ("onnx",):
         art = family_artifacts(backend, preset)
         exp = get_exporter(backend)
