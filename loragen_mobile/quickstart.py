@@ -27,7 +27,7 @@ from .edge_training import EdgeTrainConfig, train_edge
 from .errors import LoragenError
 from .exporters import get_exporter
 from .generator import generate_adapter, load_config, load_generator, train
-from .generator.evaluate import evaluate
+from .generator.evaluate import LABELS, evaluate
 from .lora import save_peft_adapter
 from .training import lm_example
 
@@ -38,9 +38,6 @@ RUN_BACKENDS = ("executorch", "onnx")
 #: what the report scores on the unseen tasks: LoRA-Gen, the baselines and the controls
 #: (the per-task LoRA baseline is `loragen eval`'s: it trains one LoRA per task)
 EVAL_METHODS = ("edge_prompt", "edge_no_prompt", "loragen", "loragen_other_task", "loragen_empty", "mean_adapter")
-METHOD_LABELS = {"edge_prompt": "edge + prompt", "edge_no_prompt": "edge, no prompt", "loragen": "LoRA-Gen, no prompt",
-                 "loragen_other_task": "other task's description", "loragen_empty": "empty description",
-                 "mean_adapter": "one mean adapter"}
 
 
 def _stage(bar, text):
@@ -211,7 +208,7 @@ def _median_prefill(runner, ids, repeats: int = 7) -> float:
 
 def format_table(report: dict) -> str:
     methods = [m for m in EVAL_METHODS if m in report["accuracy"][SUITES[0]]]
-    rows = [("suite",) + tuple(METHOD_LABELS[m] for m in methods)
+    rows = [("suite",) + tuple(LABELS[m] for m in methods)
             + ("tokens w/ prompt", "tokens w/o", "compression", "ET prefill x", "ORT prefill x")]
     for s in SUITES:
         a, e, t = report["accuracy"][s], report["stderr"][s], report["input_tokens"][s]
@@ -248,7 +245,7 @@ def write_markdown(report: dict, out: Path) -> None:
     for k, m in enumerate(methods):
         ax.bar([i + (k - (len(methods) - 1) / 2) * w for i in range(len(SUITES))],
                [report["accuracy"][s][m] for s in SUITES], w, yerr=[report["stderr"][s][m] for s in SUITES],
-               label=METHOD_LABELS[m], capsize=2)
+               label=LABELS[m], capsize=2)
     ax.set(xticks=range(len(SUITES)), xticklabels=SUITES, ylabel="exact match (unseen tasks)", ylim=(0, 1),
            title="Accuracy on unseen task descriptions")
     ax.legend(fontsize=8)
