@@ -167,10 +167,14 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -
     return model.eval()
 
 
-def read_weights(model_dir: str | os.PathLike, names) -> dict[str, torch.Tensor]:
+def read_weights(model_dir: str | os.PathLike, names, lazy: bool = False):
     """The named weights of a HF directory (or cached Hub id) as fp32, read tensor by tensor from its
-    safetensors files (sharded or not) without loading the model."""
+    safetensors files (sharded or not) without loading the model. ``lazy``: a
+    :class:`~loragen_mobile.lazy.LazyTensors` that reads each weight when it is accessed (every name
+    is checked now)."""
     from safetensors import safe_open
+
+    from .lazy import LazyTensors
 
     d = resolve_model_dir(model_dir)
     read_config(d)
@@ -183,15 +187,21 @@ def read_weights(model_dir: str | os.PathLike, names) -> dict[str, torch.Tensor]
         if f is None:
             raise LoragenError(f"{d} has no safetensors weights for {n}", code="not-found")
         by_file.setdefault(f, []).append(n)
-    out = {}
+    file_of = {}
     for f, group in by_file.items():
         with safe_open(str(d / f), framework="pt") as st:
             have = set(st.keys())
-            for n in group:
-                if n not in have:
-                    raise LoragenError(f"{d / f} has no tensor {n}", code="not-found")
-                out[n] = st.get_tensor(n).to(torch.float32)
-    return out
+        for n in group:
+            if n not in have:
+                raise LoragenError(f"{d / f} has no tensor {n}", code="not-found")
+            file_of[n] = f
+
+    def read(n: str) -> torch.Tensor:
+        with safe_open(str(d / file_of[n]), framework="pt") as st:
+            return st.get_tensor(n).to(torch.float32)
+
+    weights = LazyTensors(list(file_of), read)
+    return weights if lazy else dict(weights)
 
 
 def load_tokenizer(model_dir: str | os.PathLike):

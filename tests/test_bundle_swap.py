@@ -104,6 +104,43 @@ def test_lora_kind_equals_merged_kind(backend, artifacts, model_dirs, keys):
     assert lor.parsed.raw.__len__() < merged.parsed.raw.__len__()
 
 
+@pytest.mark.parametrize("kind", ["merged", "lora"])
+def test_bundle_files_are_streamed_and_checked_again_when_read(kind, artifacts, model_dirs, keys, tmp_path):
+    """A bundle built into a file (one tensor at a time) has the in-memory bundle's exact bytes; a
+    bundle verified from a file is read tensor by tensor, and bytes changed on disk after the
+    verification are refused when the swap reads them (nothing is applied)."""
+    from loragen_mobile.bundle import build_bundle_file
+    from loragen_mobile.exporters import LazyTensors
+    from loragen_mobile.lora import load_peft_adapter, save_peft_adapter
+
+    art = artifacts("onnx", "tiny-llama")
+    _, ad = _adapter(model_dirs["tiny-llama"], seed=11)
+    save_peft_adapter(ad, tmp_path / "adapter")
+    path, size = build_bundle_file(art, tmp_path / "b.bundle", kind, adapter_dir=tmp_path / "adapter",
+                                   sign_key=keys["dir"] / "server.pem")
+    raw = build_bundle(art, load_peft_adapter(tmp_path / "adapter"), kind, private_key=keys["key"])
+    assert path.read_bytes() == raw and size == len(raw)
+    assert isinstance(read_base_tensors(art), LazyTensors)
+    from_file, from_bytes = verify_bundle(path, art, keys["pub"]), verify_bundle(raw, art, keys["pub"])
+    assert from_file.parsed.raw is None and from_file.manifest == from_bytes.manifest
+    swap_file, swap_bytes = bundle_swap(from_file, art), bundle_swap(from_bytes, art)
+    assert isinstance(swap_file, LazyTensors) and list(swap_file) == list(swap_bytes)
+    for p in swap_bytes:
+        assert torch.equal(swap_file[p], swap_bytes[p]), p
+    # flip one byte of the last tensor after verification: reading the swap refuses it
+    before = _digest(art)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as e:
+        dict(swap_file)
+    assert e.value.code == "digest" and "after the bundle was verified" in str(e.value)
+    with pytest.raises(BundleError) as e:
+        apply_bundle(path, art, tmp_path / "special", keys["pub"])
+    assert e.value.code in ("digest", "bad_signature") and not (tmp_path / "special").exists()
+    assert _digest(art) == before
+
+
 def test_coreml_swap_is_byte_identical_to_fresh_conversion(artifacts, model_dirs, keys, tmp_path):
     from loragen_mobile.exporters import get_exporter
     from loragen_mobile.exporters.coreml import WEIGHTS

@@ -50,6 +50,27 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs), "runs_s": secs}
 
 
+def run_child(args: list[str], what: str) -> dict:
+    """``loragen ARGS`` in a child process: its wall seconds and peak RSS in bytes, read from the
+    kernel for that child alone (wait4). A failure raises with the child's last stderr line."""
+    import subprocess
+    import sys
+
+    from ..errors import LoragenError
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "loragen_mobile", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        raise LoragenError(f"{what} failed: {err[-1] if err else f'exit status {code}'}")
+    return {"s": secs, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
 def write_json(result: dict, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,11 +86,20 @@ def _render_runtime(r):
 
 
 def _render_bundle(r):
-    return _table(["preset / backend", "artifact", "merged bundle", "lora bundle", "verify", "swap + load", "cold load"], [
+    def ms(e, k):
+        return f"{e[k]['median_s'] * 1e3:.1f} ms" if k in e else "-"
+
+    sizes = _table(["preset / backend", "artifact", "merged bundle", "lora bundle", "verify (in process)", "swap + load",
+                    "cold load"], [
         [f"{p} / {b}", f"{e['artifact_bytes'] / 1e6:.2f} MB", f"{e['merged']['bytes'] / 1e6:.3f} MB",
-         f"{e['lora']['bytes'] / 1e6:.3f} MB", f"{e['merged']['verify']['median_s'] * 1e3:.1f} ms",
+         f"{e['lora']['bytes'] / 1e6:.3f} MB", ms(e["merged"], "verify"),
          f"{e['merged']['swap_load']['median_s'] * 1e3:.0f} ms", f"{e['cold_load']['median_s'] * 1e3:.0f} ms"]
         for p, per in r["results"].items() for b, e in per.items()])
+    steps = ("build_merged", "verify_merged", "apply_merged", "build_lora", "apply_lora")
+    cli = _table(["preset / backend"] + [f"`bundle {s.replace('_', ' ')}`" for s in steps], [
+        [f"{p} / {b}"] + [f"{e['steps'][s]['s']:.1f} s, {e['steps'][s]['peak_rss_bytes'] / 2**30:.2f} GiB" for s in steps]
+        for p, per in r["results"].items() for b, e in per.items() if "steps" in e])
+    return sizes + ["", "The CLI steps, each in its own process: wall time (Python start included) and peak RSS", ""] + cli
 
 
 def _render_speedup(r):

@@ -1,10 +1,13 @@
-"""Bundle sizes and times: bytes of each kind vs the artifact, build, verify, swap vs cold load.
+"""Bundle sizes, times and memory: bytes of each kind vs the artifact, build, verify, apply, swap vs cold load.
 
 For each preset: export (or reuse with --artifacts-dir) ExecuTorch and ONNX artifacts, build a
 signed bundle of each kind for a rank-16 FFN LoRA, and time build, verify, the swap at load
-(open a runner with the bundle) and a cold load of the base artifact. The large shapes
+(open a runner with the bundle) and a cold load of the base artifact. The CLI steps a developer or
+the service runs (`loragen bundle build` of each kind, `verify`, `apply` of each kind) also run as
+child processes, each with its wall time and peak RSS read from the kernel. The large shapes
 (tinyllama-1.1b, gemma-2b; random weights) take a long time to export on a laptop: they run only
-when named with --presets. Writes JSON and a PNG bar chart.
+when named with --presets, and skip the in-process build / verify timings (their child steps stand
+for them). Writes JSON and a PNG bar chart.
 """
 
 from __future__ import annotations
@@ -27,19 +30,21 @@ def run(args) -> dict:
     import tempfile
 
     import torch
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from tqdm import tqdm
 
     from ..bundle import build_bundle, bundle_swap, verify_bundle
+    from ..bundle.keys import generate_keypair, load_private_key, load_public_key
     from ..exporters import get_exporter
     from ..lora import random_adapter
     from ..models import build_model, init_model_dir, target_module_names
     from . import machine_info, time_call, write_json
 
-    key = Ed25519PrivateKey.generate()
-    pub = key.public_key()
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if not (work / "keys" / "bench.pem").exists():
+        generate_keypair(work / "keys" / "bench.pem", work / "keys" / "bench.pub")
+    key, pub = load_private_key(work / "keys" / "bench.pem"), load_public_key(work / "keys" / "bench.pub")
+    keys_pub = pub
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     result = {"bench": "bundle", "rank": args.rank, "machine": machine_info(), "results": {}}
@@ -70,27 +75,30 @@ def run(args) -> dict:
         else:
             adapter = random_adapter(model, target_module_names(model), r=args.rank, alpha=args.rank, seed=0)
         exp = get_exporter(backend)
-        entry = {"artifact_bytes": sum(f.stat().st_size for f in art.rglob("*") if f.is_file())}
+        entry = {"artifact_bytes": sum(f.stat().st_size for f in art.rglob("*") if f.is_file()),
+                 "steps": _cli_steps(work, art, adapter, f"{backend}-{preset}")}
+        repeats = 1 if big else args.repeats
         for kind in ("merged", "lora"):
-            raw = build_bundle(art, adapter, kind, private_key=key)
-            entry[kind] = {
-                "bytes": len(raw),
-                "build": time_call(lambda: build_bundle(art, adapter, kind, private_key=key), args.repeats),
-                "verify": time_call(lambda: verify_bundle(raw, art, pub), args.repeats),
-            }
-            vb = verify_bundle(raw, art, pub)
+            path = work / f"{backend}-{preset}-{kind}.bundle"
+            entry[kind] = {"bytes": path.stat().st_size}
+            if not big:
+                raw = path.read_bytes()
+                entry[kind]["build"] = time_call(lambda: build_bundle(art, adapter, kind, private_key=key), args.repeats)
+                entry[kind]["verify"] = time_call(lambda: verify_bundle(raw, art, pub), args.repeats)
+            vb = verify_bundle(path, art, keys_pub)
 
             def swap_load():
                 r = exp.open_runner(art, swap=bundle_swap(vb, art))
                 r.prefill([1, 2, 3])
 
-            entry[kind]["swap_load"] = time_call(swap_load, args.repeats)
+            entry[kind]["swap_load"] = time_call(swap_load, repeats)
+            path.unlink()
 
         def cold():
             r = exp.open_runner(art)
             r.prefill([1, 2, 3])
 
-        entry["cold_load"] = time_call(cold, args.repeats)
+        entry["cold_load"] = time_call(cold, repeats)
         entry["merged_over_lora_bytes"] = entry["merged"]["bytes"] / entry["lora"]["bytes"]
         entry["artifact_over_merged_bytes"] = entry["artifact_bytes"] / entry["merged"]["bytes"]
         result["results"].setdefault(preset, {})[backend] = entry
@@ -98,11 +106,40 @@ def run(args) -> dict:
     _plot(result, Path(out).with_suffix(".png"))
     for preset, per in result["results"].items():
         for backend, e in per.items():
+            rss = "/".join(f"{e['steps'][k + '_merged']['peak_rss_bytes'] / 2**30:.2f}" for k in ("build", "verify", "apply"))
             print(f"{preset}/{backend}: artifact {e['artifact_bytes'] / 1e6:.2f} MB, merged {e['merged']['bytes'] / 1e6:.3f} MB, "
-                  f"lora {e['lora']['bytes'] / 1e6:.3f} MB; verify {e['merged']['verify']['median_s'] * 1e3:.1f} ms; "
+                  f"lora {e['lora']['bytes'] / 1e6:.3f} MB; merged build/verify/apply peak RSS {rss} GiB; "
                   f"swap+load {e['merged']['swap_load']['median_s'] * 1e3:.0f} ms vs cold {e['cold_load']['median_s'] * 1e3:.0f} ms")
     print(f"wrote {out}")
     return result
+
+
+def _cli_steps(work: Path, art: Path, adapter, name: str) -> dict:
+    """The bundle CLI steps on ``art`` in child processes: seconds and peak RSS of each. Leaves the
+    bundles at ``work/NAME-KIND.bundle``; the applied artifacts are removed (disk)."""
+    import shutil
+
+    from ..lora import save_peft_adapter
+    from . import run_child
+
+    ad = work / f"adapter-{name}"
+    shutil.rmtree(ad, ignore_errors=True)
+    save_peft_adapter(adapter, ad)
+    pem, pub = work / "keys" / "bench.pem", work / "keys" / "bench.pub"
+    steps = {}
+    for kind in ("merged", "lora"):
+        b, applied = work / f"{name}-{kind}.bundle", work / f"{name}-{kind}-applied"
+        b.unlink(missing_ok=True)
+        shutil.rmtree(applied, ignore_errors=True)
+        steps[f"build_{kind}"] = run_child(["bundle", "build", "--artifact", str(art), "--adapter", str(ad), "--kind",
+                                            kind, "--sign-key", str(pem), "--out", str(b)], f"bundle build {kind}")
+        steps[f"verify_{kind}"] = run_child(["bundle", "verify", "--artifact", str(art), "--pubkey", str(pub), str(b)],
+                                            f"bundle verify {kind}")
+        steps[f"apply_{kind}"] = run_child(["bundle", "apply", "--artifact", str(art), "--pubkey", str(pub), "--out",
+                                            str(applied), str(b)], f"bundle apply {kind}")
+        shutil.rmtree(applied)
+    shutil.rmtree(ad)
+    return steps
 
 
 def _plot(result, png):

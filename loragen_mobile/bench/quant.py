@@ -28,24 +28,12 @@ def add_arguments(p):
 
 def _export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int) -> dict:
     """`loragen export` in a child process: seconds and the child's peak RSS (bytes)."""
-    import os
-    import subprocess
-    import sys
-    import time
+    from . import run_child
 
-    cmd = [sys.executable, "-m", "loragen_mobile", "export", "--backend", backend, "--model", str(model_dir),
-           "--out", str(out), "--max-context", str(max_context)] + (["--quantize", scheme] if scheme else [])
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        from ..errors import LoragenError
-
-        raise LoragenError(f"export {backend} {scheme or 'unquantized'} failed: {err[-1] if err else proc.returncode}")
-    return {"export_s": secs, "export_peak_rss_bytes": usage.ru_maxrss * 1024}
+    r = run_child(["export", "--backend", backend, "--model", str(model_dir), "--out", str(out), "--max-context",
+                   str(max_context), "--no-progress"] + (["--quantize", scheme] if scheme else []),
+                  f"export {backend} {scheme or 'unquantized'}")
+    return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
 
 
 def run(args) -> dict:

@@ -13,19 +13,20 @@ The file format is in :mod:`loragen_mobile.bundle.format` and docs/bundle-format
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
-import torch
-
 from ..errors import LoragenError
-from ..exporters import as_artifact, get_exporter, read_swap_tensors
+from ..exporters import as_artifact, get_exporter, slot_tensors
 from ..fsutil import atomic_file, refuse_existing
 from ..generator import generate_adapter, load_generator
+from ..lazy import LazyTensors
 from ..lora import LoraAdapter, load_peft_adapter
 from ..models import config_hash, read_config, read_weights
-from .core import VerifiedBundle, build, swap_tensors, verify
-from .format import BundleError, read_file
+from . import format as fmt
+from .core import VerifiedBundle, build_into, swap_tensors, verify
+from .format import BundleError
 from .keys import load_private_key
 
 __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
@@ -33,12 +34,13 @@ __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "bui
            "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle"]
 
 
-def read_base_tensors(artifact) -> dict[str, torch.Tensor]:
-    """The artifact's own values of its swappable tensors, checked against the recorded sha256."""
-    return read_swap_tensors(artifact)
+def read_base_tensors(artifact) -> LazyTensors:
+    """The artifact's own values of its swappable tensors, each read and checked against the
+    recorded sha256 when it is accessed (one tensor in memory at a time)."""
+    return slot_tensors(artifact)
 
 
-def full_precision_weights(artifact, base_model, params=None) -> dict[str, torch.Tensor] | None:
+def full_precision_weights(artifact, base_model, params=None) -> LazyTensors | None:
     """The full-precision weights of a quantized artifact's swappable parameters (those in
     ``params``, default all), read from ``base_model``, the model it was exported from (checked by
     config hash). None when the artifact is not quantized or no base model is given."""
@@ -49,7 +51,7 @@ def full_precision_weights(artifact, base_model, params=None) -> dict[str, torch
         raise BundleError(f"base model {base_model} is not the model {art.path} was exported from "
                           "(config hashes differ)", code="build")
     names = [p for p in art.quantized_params() if params is None or p in params]
-    return read_weights(base_model, names)
+    return read_weights(base_model, names, lazy=True)
 
 
 def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", private_key=None,
@@ -59,24 +61,33 @@ def build_bundle(artifact_dir, adapter: LoraAdapter, kind: str = "merged", priva
 
     ``base_model``: the full-precision HF model the artifact was exported from (a merged bundle
     for a quantized artifact quantizes W + scale * B @ A from its weights; without it, from the
-    artifact's dequantized weights, the documented fallback)."""
+    artifact's dequantized weights, the documented fallback). :func:`build_bundle_file` writes the
+    same bytes to a file without holding them."""
+    buf = io.BytesIO()
+    _build(buf, artifact_dir, adapter, kind, private_key, generator_id, task, include_task, created, base_model)
+    return buf.getvalue()
+
+
+def _build(f, artifact_dir, adapter: LoraAdapter, kind: str, private_key, generator_id, task, include_task,
+           created, base_model) -> int:
     art = as_artifact(artifact_dir)
     if adapter.model_type and adapter.model_type != art.meta.get("model_type"):
         raise BundleError(f"adapter was made for model_type '{adapter.model_type}', "
                           f"the artifact is '{art.meta.get('model_type')}'", code="build")
     base = read_base_tensors(art) if kind == "merged" else None
     full = full_precision_weights(art, base_model, [f"{m}.weight" for m in adapter.factors]) if kind == "merged" else None
-    return build(art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
-                 task=task, include_task=include_task, created=created,
-                 task_sha256=adapter.metadata.get("loragen.task_sha256"), full_precision=full)
+    return build_into(f, art.meta, adapter, kind, base=base, private_key=private_key, generator_id=generator_id,
+                      task=task, include_task=include_task, created=created,
+                      task_sha256=adapter.metadata.get("loragen.task_sha256"), full_precision=full)
 
 
 def build_bundle_file(artifact, out, kind: str = "merged", *, adapter_dir=None, generator_dir=None,
                       task: str | None = None, sign_key=None, include_task: bool = False,
                       base_model=None) -> tuple[Path, int]:
     """Build a bundle from a PEFT adapter directory, or from a generator and a task description, and
-    write it to ``out`` (atomically); ``sign_key``: a private key PEM path (``None``: unsigned).
-    Every input is checked before anything is written. Returns the path and the size in bytes."""
+    write it to ``out`` (atomically, one tensor at a time); ``sign_key``: a private key PEM path
+    (``None``: unsigned). Every input is checked before anything is written. Returns the path and
+    the size in bytes."""
     refuse_existing(out)
     if (adapter_dir is None) == (generator_dir is None):
         raise LoragenError("give either an adapter directory or a generator", code="usage")
@@ -87,9 +98,10 @@ def build_bundle_file(artifact, out, kind: str = "merged", *, adapter_dir=None, 
         if not task:
             raise LoragenError("--generator needs --task \"<task description>\"", code="usage")
         adapter = generate_adapter(load_generator(generator_dir), task)
-    data = build_bundle(artifact, adapter, kind, private_key=key, generator_id=adapter.metadata.get("loragen.generator_id"),
-                        task=task, include_task=include_task, base_model=base_model)
-    return write_bundle(data, out), len(data)
+    with atomic_file(out) as tmp, open(tmp, "w+b") as f:
+        size = _build(f, artifact, adapter, kind, key, adapter.metadata.get("loragen.generator_id"), task,
+                      include_task, None, base_model)
+    return Path(out), size
 
 
 def write_bundle(data: bytes, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -100,11 +112,13 @@ def write_bundle(data: bytes, out: str | os.PathLike, overwrite: bool = False) -
 
 def verify_bundle(bundle: bytes | str | os.PathLike, artifact_dir, public_key=None,
                   require_signature: bool = True) -> VerifiedBundle:
-    raw = bundle if isinstance(bundle, (bytes, bytearray)) else read_file(bundle)
-    return verify(bytes(raw), as_artifact(artifact_dir).meta, public_key, require_signature)
+    """Every check of :func:`~loragen_mobile.bundle.core.verify`; a bundle given by path is read one
+    tensor at a time (its bytes are never all in memory)."""
+    parsed = fmt.parse(bytes(bundle)) if isinstance(bundle, (bytes, bytearray)) else fmt.parse_file(bundle)
+    return verify(parsed, as_artifact(artifact_dir).meta, public_key, require_signature)
 
 
-def bundle_swap(vb: VerifiedBundle, artifact_dir) -> dict[str, torch.Tensor]:
+def bundle_swap(vb: VerifiedBundle, artifact_dir) -> LazyTensors:
     """Parameter name -> replacement tensor; lora bundles are merged here with the artifact's base values."""
     base = read_base_tensors(artifact_dir) if vb.kind == "lora" else None
     return swap_tensors(vb, base)

@@ -9,12 +9,15 @@ exporter's job; this module only decides *what* goes into and comes out of a bun
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from .. import dtypes, quant
 from ..errors import LoragenError
+from ..lazy import LazyTensors, Parts
 from ..lora import MAX_ABS_WEIGHT, LoraAdapter, merged_tensors
 from . import format as fmt
 from .format import BundleError
@@ -72,11 +75,23 @@ def weight_shape(enc: quant.Encoding, group: dict[str, dict]) -> list[int]:
     return enc.weight_shape(group["q"]["shape"])
 
 
-def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch.Tensor] | None = None,
+def build(artifact: dict, adapter: LoraAdapter, kind: str, base: Mapping[str, torch.Tensor] | None = None,
           private_key=None, generator_id: str | None = None, task: str | None = None,
           include_task: bool = False, created: str | None = None, task_sha256: str | None = None,
-          full_precision: dict[str, torch.Tensor] | None = None) -> bytes:
-    """Serialize a bundle for ``artifact``; the same inputs give the same bytes.
+          full_precision: Mapping[str, torch.Tensor] | None = None) -> bytes:
+    """Serialize a bundle for ``artifact`` in memory; the same inputs give the same bytes
+    (:func:`build_into` writes the same bytes to a file, one tensor at a time)."""
+    buf = io.BytesIO()
+    build_into(buf, artifact, adapter, kind, base, private_key, generator_id, task, include_task, created,
+               task_sha256, full_precision)
+    return buf.getvalue()
+
+
+def build_into(f, artifact: dict, adapter: LoraAdapter, kind: str, base: Mapping[str, torch.Tensor] | None = None,
+               private_key=None, generator_id: str | None = None, task: str | None = None,
+               include_task: bool = False, created: str | None = None, task_sha256: str | None = None,
+               full_precision: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Write a bundle for ``artifact`` to the seekable file ``f``; returns its size in bytes.
 
     No wall-clock time enters the signed bytes: ``created`` is written only when the caller passes
     one (the golden vectors do). Nothing out of bounds is signed: every tensor is checked against
@@ -86,6 +101,10 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     values of the swappable tensors) in the slot's dtype. lora: the factors, cast to the slot's
     dtype, for every module that has a slot. Modules the adapter does not touch keep their base
     value in a merged bundle (the artifact's slots are always swapped as a set).
+
+    ``base`` and ``full_precision`` are read one tensor at a time (they may be lazy mappings, e.g.
+    :func:`loragen_mobile.exporters.slot_tensors`), and each bundle tensor is computed, checked,
+    hashed and written before the next: memory stays at a few tensors whatever the model size.
     """
     if kind not in fmt.KINDS:
         raise BundleError(f"unknown bundle kind '{kind}'; use one of {', '.join(fmt.KINDS)}", code="kind")
@@ -93,37 +112,54 @@ def build(artifact: dict, adapter: LoraAdapter, kind: str, base: dict[str, torch
     slots = slots_by_param(artifact)
     groups = quantized_groups(slots)
     if groups:
-        tensors, entries = _build_quantized(slots, groups, adapter, kind, base, full_precision)
-        return _finish(artifact, adapter, kind, tensors, entries, fmt.FORMAT_VERSION_QUANTIZED, private_key,
-                       generator_id, task, include_task, created, task_sha256)
+        plan = _plan_quantized(slots, groups, adapter, kind, base, full_precision)
+        version = fmt.FORMAT_VERSION_QUANTIZED
+    else:
+        plan = _plan(slots, adapter, kind, base)
+        version = fmt.FORMAT_VERSION
+    return _finish(f, artifact, adapter, kind, plan, version, private_key, generator_id, task, include_task,
+                   created, task_sha256)
+
+
+@dataclass
+class _Plan:
+    """What a bundle holds before any tensor is computed: name -> (entry, producer)."""
+
+    entries: dict[str, dict]
+    produce: dict[str, Callable[[], torch.Tensor]]
+
+
+def _entry(param: str, locator: dict, dtype: str, shape, **extra) -> dict:
+    return {"param": param, "slot": locator, "dtype": dtype, "shape": list(shape), "sha256": _PENDING, **extra}
+
+
+# the digest a manifest entry carries until its tensor is written (same width as a sha256 hex digest)
+_PENDING = "0" * 64
+
+
+def _plan(slots, adapter: LoraAdapter, kind: str, base) -> _Plan:
     _adapter_modules(adapter, slots)
-    tensors: dict[str, torch.Tensor] = {}
-    entries: dict[str, dict] = {}
+    plan = _Plan({}, {})
     if kind == "merged":
         _check_base(base, slots)
-        touched = merged_tensors({p: base[p] for p in slots}, adapter)
         for p, slot in slots.items():
-            t = touched.get(p, base[p])
-            want = st_dtype(slot["dtype"])
-            if st_dtype(t.dtype) != want or list(t.shape) != list(slot["shape"]):
-                raise BundleError(f"tensor {p} is {st_dtype(t.dtype)} {list(t.shape)}, slot wants {want} {slot['shape']}", code="build")
-            tensors[p] = t.contiguous()
-            entries[p] = {"param": p, "slot": _locator(slot), "dtype": want, "shape": list(t.shape),
-                          "sha256": dtypes.tensor_sha256(t)}
-    else:
-        for m, (a, b) in sorted(adapter.factors.items()):
-            slot = slots[f"{m}.weight"]
-            dt = dtypes.lookup(slot["dtype"]).torch
-            if not dt.is_floating_point:
-                raise BundleError(f"lora bundles need a floating-point artifact; slot {m}.weight is {slot['dtype']} (use kind merged)", code="build")
-            for which, t in (("lora_A", a), ("lora_B", b)):
-                t = t.to(dt).contiguous()
-                name = f"{m}.{which}"
-                tensors[name] = t
-                entries[name] = {"param": f"{m}.weight", "slot": _locator(slot), "dtype": st_dtype(dt),
-                                 "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t)}
-    return _finish(artifact, adapter, kind, tensors, entries, fmt.FORMAT_VERSION, private_key, generator_id, task,
-                   include_task, created, task_sha256)
+            m = module_of(p)
+            plan.entries[p] = _entry(p, _locator(slot), st_dtype(slot["dtype"]), slot["shape"])
+            if m in adapter.factors:
+                plan.produce[p] = lambda p=p, m=m: merged_tensors({p: base[p]}, _one(adapter, m))[p]
+            else:
+                plan.produce[p] = lambda p=p: base[p]
+        return plan
+    for m, (a, b) in sorted(adapter.factors.items()):
+        slot = slots[f"{m}.weight"]
+        dt = dtypes.lookup(slot["dtype"]).torch
+        if not dt.is_floating_point:
+            raise BundleError(f"lora bundles need a floating-point artifact; slot {m}.weight is {slot['dtype']} (use kind merged)", code="build")
+        for which, t in (("lora_A", a), ("lora_B", b)):
+            t = t.to(dt).contiguous()
+            plan.entries[f"{m}.{which}"] = _entry(f"{m}.weight", _locator(slot), st_dtype(dt), t.shape)
+            plan.produce[f"{m}.{which}"] = lambda t=t: t
+    return plan
 
 
 def _adapter_modules(adapter: LoraAdapter, params) -> None:
@@ -142,35 +178,20 @@ def _check_base(base, slots) -> None:
         raise BundleError(f"base values missing for swap slot {missing[0]}", code="build")
 
 
-def _build_quantized(slots, groups, adapter: LoraAdapter, kind: str, base, full_precision):
-    """Tensors and manifest entries of a version-2 bundle (see :func:`build`)."""
+def _plan_quantized(slots, groups, adapter: LoraAdapter, kind: str, base, full_precision) -> _Plan:
+    """The tensors and manifest entries of a version-2 bundle (see :func:`build_into`)."""
     _adapter_modules(adapter, groups)
-    tensors: dict[str, torch.Tensor] = {}
-    entries: dict[str, dict] = {}
+    plan = _Plan({}, {})
     if kind == "merged":
         _check_base(base, slots)
+        parts = Parts(lambda p: _merged_parts(p, groups[p], adapter, base, full_precision))
         for p, group in groups.items():
             enc = _encoding(group, code="build")
-            m = module_of(p)
-            if m in adapter.factors:
-                if full_precision is not None:
-                    if p not in full_precision:
-                        raise BundleError(f"the full-precision base has no tensor {p}", code="build")
-                    w = full_precision[p].float()
-                else:
-                    w = enc.dequantize({k: base[s["name"]] for k, s in group.items()})
-                if list(w.shape) != weight_shape(enc, group):
-                    raise BundleError(f"full-precision {p} is {list(w.shape)}, the artifact's weight is "
-                                      f"{weight_shape(enc, group)}", code="build")
-                parts = enc.quantize(merged_tensors({p: w}, _one(adapter, m))[p])
-            else:
-                parts = {k: base[s["name"]] for k, s in group.items()}
             for k, slot in group.items():
-                t = parts[k].contiguous()
-                tensors[slot["name"]] = t
-                entries[slot["name"]] = {"param": slot["name"], "slot": _locator(slot), "dtype": st_dtype(t.dtype),
-                                         "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t), "encoding": enc.id}
-        return tensors, entries
+                plan.entries[slot["name"]] = _entry(slot["name"], _locator(slot), st_dtype(slot["dtype"]),
+                                                    slot["shape"], encoding=enc.id)
+                plan.produce[slot["name"]] = lambda p=p, k=k: parts.get(p, k)
+        return plan
     for m, (a, b) in sorted(adapter.factors.items()):
         p = f"{m}.weight"
         group = groups[p]
@@ -181,20 +202,41 @@ def _build_quantized(slots, groups, adapter: LoraAdapter, kind: str, base, full_
                               f"{[out_f, in_f]}", code="build")
         for which, t in (("lora_A", a), ("lora_B", b)):
             t = t.to(torch.float32).contiguous()
-            name = f"{m}.{which}"
-            tensors[name] = t
-            entries[name] = {"param": p, "slot": {k: _locator(sl) for k, sl in sorted(group.items())}, "dtype": "F32",
-                             "shape": list(t.shape), "sha256": dtypes.tensor_sha256(t), "encoding": enc.id}
-    return tensors, entries
+            plan.entries[f"{m}.{which}"] = _entry(p, {k: _locator(sl) for k, sl in sorted(group.items())}, "F32",
+                                                  t.shape, encoding=enc.id)
+            plan.produce[f"{m}.{which}"] = lambda t=t: t
+    return plan
+
+
+def _merged_parts(p: str, group: dict, adapter: LoraAdapter, base, full_precision) -> dict[str, torch.Tensor]:
+    """The stored parts of weight ``p`` in a merged version-2 bundle: quantize(W + scale * B @ A)
+    when the adapter touches it (W: the full-precision weight, else the dequantized artifact's),
+    else the artifact's own parts."""
+    enc = _encoding(group, code="build")
+    m = module_of(p)
+    if m not in adapter.factors:
+        return {k: base[s["name"]] for k, s in group.items()}
+    if full_precision is not None:
+        if p not in full_precision:
+            raise BundleError(f"the full-precision base has no tensor {p}", code="build")
+        w = full_precision[p].float()
+    else:
+        w = enc.dequantize({k: base[s["name"]] for k, s in group.items()})
+    if list(w.shape) != weight_shape(enc, group):
+        raise BundleError(f"full-precision {p} is {list(w.shape)}, the artifact's weight is "
+                          f"{weight_shape(enc, group)}", code="build")
+    return enc.quantize(merged_tensors({p: w}, _one(adapter, m))[p])
 
 
 def _one(adapter: LoraAdapter, module: str) -> LoraAdapter:
     return LoraAdapter({module: adapter.factors[module]}, r=adapter.r, alpha=adapter.alpha)
 
 
-def _finish(artifact: dict, adapter: LoraAdapter, kind: str, tensors: dict, entries: dict, version: int,
-            private_key, generator_id, task, include_task, created, task_sha256) -> bytes:
-    """The manifest around ``tensors``/``entries``, the value bounds checked, serialized and signed."""
+def _finish(f, artifact: dict, adapter: LoraAdapter, kind: str, plan: _Plan, version: int,
+            private_key, generator_id, task, include_task, created, task_sha256) -> int:
+    """The manifest around the planned tensors; each tensor computed, checked (dtype, shape, value
+    bounds), hashed into its manifest entry and written by :func:`fmt.write`, then signed."""
+    entries = plan.entries
     manifest = {
         "format": fmt.FORMAT,
         "format_version": version,
@@ -211,13 +253,23 @@ def _finish(artifact: dict, adapter: LoraAdapter, kind: str, tensors: dict, entr
         manifest["lora"] = {"r": adapter.r, "alpha": adapter.alpha, "scale": adapter.scale}
     if include_task and task is not None:
         manifest["task"] = task
-    for name, t in tensors.items():
-        why = fmt.value_violation(dtypes.tensor_bytes(t), entries[name]["dtype"])
-        if why:
-            raise BundleError(f"tensor {name} has {why}; refusing to build the bundle", code="values")
     if private_key is not None:
         manifest["key_id"] = key_id(private_key.public_key())
-    return fmt.serialize(tensors, manifest, private_key)
+
+    def produce(name: str) -> bytes:
+        t, e = plan.produce[name](), entries[name]
+        if st_dtype(t.dtype) != e["dtype"] or list(t.shape) != e["shape"]:
+            raise BundleError(f"tensor {name} is {st_dtype(t.dtype)} {list(t.shape)}, slot wants {e['dtype']} {e['shape']}",
+                              code="build")
+        data = dtypes.tensor_bytes(t)
+        why = fmt.value_violation(data, e["dtype"])
+        if why:
+            raise BundleError(f"tensor {name} has {why}; refusing to build the bundle", code="values")
+        e["sha256"] = hashlib.sha256(data).hexdigest()
+        return data
+
+    layout = {n: (e["dtype"], e["shape"]) for n, e in entries.items()}
+    return fmt.write(f, layout, produce, manifest, private_key)
 
 
 def check_lora_params(r, alpha, scale, code: str = "manifest") -> None:
@@ -245,11 +297,21 @@ class VerifiedBundle:
     def params(self) -> list[str]:
         return sorted({e["param"] for e in self.manifest["tensors"].values()})
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor ``name``, read again (from the file, for a bundle parsed from one) and checked
+        against the verified manifest's sha256: a file changed after verification is refused."""
+        data = self.parsed.tensor_bytes(name)
+        if hashlib.sha256(data).hexdigest() != self.manifest["tensors"][name]["sha256"]:
+            raise BundleError(f"tensor {name} changed after the bundle was verified", code="digest")
+        e = self.parsed.tensors[name]
+        return dtypes.from_bytes(data, e.dtype, e.shape)
 
-def verify(raw: bytes, artifact: dict, public_key=None, require_signature: bool = True) -> VerifiedBundle:
+
+def verify(raw: bytes | fmt.ParsedBundle, artifact: dict, public_key=None, require_signature: bool = True) -> VerifiedBundle:
     """Every check a phone makes before a swap, in the order of docs/bundle-format.md; raises
-    BundleError with one line on the first failure."""
-    pb = fmt.parse(raw)
+    BundleError with one line on the first failure. ``raw``: the bundle's bytes, or a bundle
+    parsed from a file (:func:`fmt.parse_file`), whose tensors are then read one at a time."""
+    pb = raw if isinstance(raw, fmt.ParsedBundle) else fmt.parse(raw)
     verified = fmt.check_signature(pb, public_key, require_signature)
     m = pb.manifest
     kind = m.get("kind")
@@ -368,48 +430,53 @@ def _check_data_type(name: str, e: dict, te) -> None:
         raise BundleError(f"tensor {name}: manifest says {e['dtype']} {e['shape']}, data is {te.dtype} {list(te.shape)}", code="manifest")
 
 
-def swap_tensors(vb: VerifiedBundle, base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Parameter name -> replacement tensor. lora kind: merged here on the host (fp32 accumulation,
-    output in the slot dtype) from ``base``, the artifact's own values."""
+def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = None) -> LazyTensors:
+    """Parameter (or quantized part) name -> replacement tensor, each made when it is read. lora
+    kind: merged here on the host (fp32 accumulation, output in the slot dtype) from ``base``, the
+    artifact's own values."""
+    entries = vb.manifest["tensors"]
     if vb.kind == "merged":
-        return {e["param"]: vb.parsed.tensor(n) for n, e in vb.manifest["tensors"].items()}
+        by_param = {e["param"]: n for n, e in entries.items()}
+        return LazyTensors(sorted(by_param), lambda p: vb.tensor(by_param[p]))
     if base is None:
         raise BundleError("a lora bundle needs the artifact's base values to merge on the host", code="build")
     if vb.manifest["format_version"] == fmt.FORMAT_VERSION_QUANTIZED:
         return _requantized(vb, base)
     lora = vb.manifest["lora"]
-    factors = {}
-    for n, e in vb.manifest["tensors"].items():
-        if n.endswith(".lora_A"):
-            m = module_of(e["param"])
-            factors[m] = (vb.parsed.tensor(n), vb.parsed.tensor(f"{m}.lora_B"))
-    adapter = LoraAdapter(factors, r=lora["r"], alpha=float(lora["alpha"]))
-    try:
-        return merged_tensors({p: base[p] for p in (f"{m}.weight" for m in factors)}, adapter)
-    except BundleError:
-        raise
-    except LoragenError as e:  # a merged weight out of bounds: the bundle does not fit this base
-        raise BundleError(str(e), code="merge") from None
+    modules = sorted(module_of(e["param"]) for n, e in entries.items() if n.endswith(".lora_A"))
+
+    def merged(p: str) -> torch.Tensor:
+        m = module_of(p)
+        adapter = LoraAdapter({m: (vb.tensor(f"{m}.lora_A"), vb.tensor(f"{m}.lora_B"))},
+                              r=lora["r"], alpha=float(lora["alpha"]))
+        try:
+            return merged_tensors({p: base[p]}, adapter)[p]
+        except BundleError:
+            raise
+        except LoragenError as e:  # a merged weight out of bounds: the bundle does not fit this base
+            raise BundleError(str(e), code="merge") from None
+
+    return LazyTensors([f"{m}.weight" for m in modules], merged)
 
 
-def _requantized(vb: VerifiedBundle, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _requantized(vb: VerifiedBundle, base: Mapping[str, torch.Tensor]) -> LazyTensors:
     """A version-2 lora bundle applied as a phone does: per weight, dequantize the stored parts
     (``base``: the artifact's values by slot name), merge in fp64 (:func:`quant.device_merge`),
-    quantize again with the slot's encoding; returns the new parts by slot name."""
+    quantize again with the slot's encoding; the new parts by slot name."""
     scale = float(vb.manifest["lora"]["scale"])
-    out: dict[str, torch.Tensor] = {}
-    for n, e in sorted(vb.manifest["tensors"].items()):
-        if not n.endswith(".lora_A"):
-            continue
-        p, m = e["param"], module_of(e["param"])
-        enc = quant.get(e["encoding"])
-        names = {k: quant.part_name(p, k) for k in quant.PARTS}
-        w = quant.device_merge(enc.dequantize({k: base[v] for k, v in names.items()}),
-                               vb.parsed.tensor(n), vb.parsed.tensor(f"{m}.lora_B"), scale)
+    weights = {e["param"]: (n, e["encoding"]) for n, e in vb.manifest["tensors"].items() if n.endswith(".lora_A")}
+
+    def requantize(p: str) -> dict[str, torch.Tensor]:
+        n, encoding = weights[p]
+        enc = quant.get(encoding)
+        w = quant.device_merge(enc.dequantize({k: base[quant.part_name(p, k)] for k in quant.PARTS}),
+                               vb.tensor(n), vb.tensor(f"{module_of(p)}.lora_B"), scale)
         peak = float(w.abs().max()) if w.numel() else 0.0
         if not peak <= MAX_ABS_WEIGHT:  # NaN fails too
             raise BundleError(f"merge of {p} produced NaN or Inf values or a weight beyond +-{MAX_ABS_WEIGHT:g}; "
                               "the bundle does not fit this base", code="merge")
-        parts = enc.quantize(w)
-        out.update({names[k]: parts[k] for k in quant.PARTS})
-    return out
+        return enc.quantize(w)
+
+    parts = Parts(requantize)
+    names = {quant.part_name(p, k): (p, k) for p in sorted(weights) for k in quant.PARTS}
+    return LazyTensors(names, lambda name: parts.get(*names[name]))

@@ -16,6 +16,7 @@ can compute it in one streaming pass without re-serializing any JSON.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -49,6 +50,8 @@ MAX_INT_DIGITS = 4300
 MAX_ABS_VALUE = 65504.0
 MAX_LORA_SCALE = 1024.0
 MAX_LORA_RANK = 65536
+# bytes read or hashed at a time when a bundle is streamed from or to a file
+CHUNK_BYTES = 16 * 1024 * 1024
 
 class BundleError(LoragenError):
     """A bundle that is malformed, tampered with, or does not fit the artifact.
@@ -73,14 +76,18 @@ class TensorEntry:
 
 @dataclass
 class ParsedBundle:
-    """A structurally valid bundle: header parsed, offsets checked, data in memory."""
+    """A structurally valid bundle: header parsed, offsets checked. The bytes are ``raw`` (in
+    memory) or, for :func:`parse_file`, read from ``path`` one range at a time on demand, so a
+    multi-GB bundle is checked and swapped holding one tensor at a time."""
 
-    raw: bytes
+    raw: bytes | None
     header_len: int
     header: dict
     manifest: dict
     signature_hex: str
     tensors: dict[str, TensorEntry]
+    path: Path | None = None
+    size: int = 0
 
     @property
     def data_start(self) -> int:
@@ -90,9 +97,25 @@ class ParsedBundle:
     def signed(self) -> bool:
         return self.signature_hex != UNSIGNED
 
+    def read(self, begin: int, end: int) -> bytes:
+        """The file's bytes [begin, end)."""
+        if self.raw is not None:
+            return self.raw[begin:end]
+        with open(self.path, "rb") as f:
+            f.seek(begin)
+            b = f.read(end - begin)
+        if len(b) != end - begin:
+            raise BundleError(f"bundle file {self.path} changed while it was read", code="io")
+        return b
+
+    def chunks(self, begin: int, end: int, size: int = CHUNK_BYTES):
+        """The file's bytes [begin, end) in pieces of at most ``size`` bytes."""
+        for at in range(begin, end, size):
+            yield self.read(at, min(end, at + size))
+
     def tensor_bytes(self, name: str) -> bytes:
         e = self.tensors[name]
-        return self.raw[self.data_start + e.begin: self.data_start + e.end]
+        return self.read(self.data_start + e.begin, self.data_start + e.end)
 
     def tensor(self, name: str):
         """The tensor as a torch tensor (a copy)."""
@@ -145,15 +168,32 @@ def json_equal(a, b) -> bool:
 def parse(raw: bytes, versions: tuple[int, ...] = VERSIONS) -> ParsedBundle:
     """Check the container's structure; raise BundleError with one line on any defect. A
     ``format_version`` outside ``versions`` is refused (code ``version``)."""
-    if len(raw) < 8:
-        raise BundleError(f"bundle is truncated: {len(raw)} bytes, shorter than the 8-byte header length", code="truncated")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise BundleError(f"bundle header length {n} is larger than the file ({len(raw)} bytes)", code="header_length")
+    return _parse(lambda a, b: raw[a:b], len(raw), versions, raw=raw)
+
+
+def parse_file(path, versions: tuple[int, ...] = VERSIONS) -> ParsedBundle:
+    """:func:`parse` of a bundle file, reading only its header; the tensor bytes stay on disk."""
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"bundle file {p} does not exist", code="io")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        def read(a: int, b: int) -> bytes:
+            f.seek(a)
+            return f.read(b - a)
+        return _parse(read, size, versions, path=p)
+
+
+def _parse(read, size: int, versions, raw: bytes | None = None, path: Path | None = None) -> ParsedBundle:
+    if size < 8:
+        raise BundleError(f"bundle is truncated: {size} bytes, shorter than the 8-byte header length", code="truncated")
+    (n,) = struct.unpack("<Q", read(0, 8))
+    if n > size - 8:
+        raise BundleError(f"bundle header length {n} is larger than the file ({size} bytes)", code="header_length")
     if n > MAX_HEADER_BYTES:
         raise BundleError(f"bundle header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit", code="header_length")
     try:
-        header = _loads(raw[8:8 + n].decode("utf-8"))
+        header = _loads(read(8, 8 + n).decode("utf-8"))
     except UnicodeDecodeError:
         raise BundleError("bundle header is not valid UTF-8", code="header_encoding") from None
     except json.JSONDecodeError as e:
@@ -179,7 +219,7 @@ def parse(raw: bytes, versions: tuple[int, ...] = VERSIONS) -> ParsedBundle:
     if type(manifest.get("format_version")) is not int or manifest.get("format_version") not in versions:
         raise BundleError(f"unsupported bundle format_version {manifest.get('format_version')!r}; this reader "
                           f"supports {', '.join(map(str, versions))}", code="version")
-    data_len = len(raw) - 8 - n
+    data_len = size - 8 - n
     entries = []
     for name, spec in header.items():
         if name == "__metadata__":
@@ -209,55 +249,94 @@ def parse(raw: bytes, versions: tuple[int, ...] = VERSIONS) -> ParsedBundle:
         pos = e.end
     if pos != data_len:
         raise BundleError(f"bundle data section has {data_len - pos} trailing bytes not covered by any tensor", code="data_offsets")
-    return ParsedBundle(raw, n, header, manifest, sig, {e.name: e for e in entries})
+    return ParsedBundle(raw, n, header, manifest, sig, {e.name: e for e in entries}, path, size)
 
 
 def signing_digest(pb: ParsedBundle) -> bytes:
     """SHA-256 of the file with the signature's 128 hex characters replaced by '0'."""
     needle = f'"{SIG_KEY}":"{pb.signature_hex}"'.encode()
-    header_bytes = pb.raw[8:8 + pb.header_len]
+    header_bytes = pb.read(8, 8 + pb.header_len)
     at = header_bytes.find(needle)
     if at < 0 or header_bytes.find(needle, at + 1) >= 0:
         raise BundleError(f"bundle header must contain '\"{SIG_KEY}\":\"<hex>\"' exactly once", code="signature_field")
     start = 8 + at + len(needle) - SIG_HEX_LEN - 1
     h = hashlib.sha256()
-    h.update(pb.raw[:start])
+    h.update(pb.read(0, start))
     h.update(UNSIGNED.encode())
-    h.update(pb.raw[start + SIG_HEX_LEN:])
+    for chunk in pb.chunks(start + SIG_HEX_LEN, pb.size):
+        h.update(chunk)
     return h.digest()
 
 
 def serialize(tensors: dict, manifest: dict, private_key=None) -> bytes:
-    """Write a bundle (tensors: name -> torch tensor), then sign it in place.
+    """A bundle of ``tensors`` (name -> torch tensor) in memory: :func:`write` into a buffer."""
+    buf = io.BytesIO()
+    layout = {n: (dtypes.lookup(t.dtype).st, list(t.shape)) for n, t in tensors.items()}
+    write(buf, layout, tensors.__getitem__, manifest, private_key)
+    return buf.getvalue()
+
+
+def write(f, layout: dict[str, tuple[str, list[int]]], produce, manifest: dict, private_key=None) -> int:
+    """Write a bundle to the seekable binary file ``f``, then sign it in place; returns its size.
+
+    ``layout``: tensor name -> (safetensors dtype, shape). ``produce(name)`` returns the tensor (or its
+    raw bytes); it is called once per tensor in file order, and may fill in ``manifest`` entries
+    (a tensor's sha256) as it goes: the header is written again at the end and must keep its length,
+    which fixed-width fields (64-hex digests) do. Only one tensor is held at a time.
 
     The container is plain safetensors, written here rather than by ``safetensors.torch.save``
     because signatures and golden vectors need byte-for-byte determinism, and safetensors keeps
     ``__metadata__`` in a hash map whose order changes from run to run. Layout, as safetensors does
     it: tensors ordered by element size (largest first) then name, header JSON padded with spaces
-    to a multiple of 8 bytes. Any safetensors reader loads the result.
+    to a multiple of 8 bytes. Any safetensors reader loads the result. The signing digest is the
+    SHA-256 of the unsigned file, read back once.
     """
-    meta = {MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":")), SIG_KEY: UNSIGNED}
-    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
-    header: dict = {"__metadata__": dict(sorted(meta.items()))}
-    chunks, pos = [], 0
+    order = sorted(layout, key=lambda n: (-dtypes.lookup(layout[n][0]).itemsize, n))
+    offsets, pos = {}, 0
     for n in order:
-        raw = dtypes.tensor_bytes(tensors[n])
-        header[n] = {"dtype": dtypes.lookup(tensors[n].dtype).st, "shape": list(tensors[n].shape),
-                     "data_offsets": [pos, pos + len(raw)]}
-        chunks.append(raw)
-        pos += len(raw)
-    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
-    hb += b" " * (-len(hb) % 8)
-    raw = bytearray(struct.pack("<Q", len(hb)) + hb + b"".join(chunks))
-    if private_key is None:
-        return bytes(raw)
-    pb = parse(bytes(raw))
-    sig = private_key.sign(signing_digest(pb)).hex()
-    needle = f'"{SIG_KEY}":"{UNSIGNED}"'.encode()
-    at = raw.find(needle, 8, 8 + pb.header_len)
-    start = at + len(needle) - SIG_HEX_LEN - 1
-    raw[start:start + SIG_HEX_LEN] = sig.encode()
-    return bytes(raw)
+        st, shape = layout[n]
+        count = 1
+        for d in shape:
+            count *= d
+        offsets[n] = (pos, pos + count * dtypes.lookup(st).itemsize)
+        pos = offsets[n][1]
+
+    def header_bytes() -> bytes:
+        meta = {MANIFEST_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":")), SIG_KEY: UNSIGNED}
+        header: dict = {"__metadata__": dict(sorted(meta.items()))}
+        for n in order:
+            header[n] = {"dtype": layout[n][0], "shape": list(layout[n][1]), "data_offsets": list(offsets[n])}
+        hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+        return hb + b" " * (-len(hb) % 8)
+
+    start = f.tell()
+    hb = header_bytes()
+    f.write(struct.pack("<Q", len(hb)) + hb)
+    for n in order:
+        data = produce(n)
+        data = dtypes.tensor_bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data
+        if len(data) != offsets[n][1] - offsets[n][0]:
+            raise BundleError(f"tensor {n} has {len(data)} bytes, its layout {layout[n]} needs "
+                              f"{offsets[n][1] - offsets[n][0]}", code="build")
+        f.write(data)
+        del data
+    end = f.tell()
+    final = header_bytes()
+    if len(final) != len(hb):
+        raise BundleError("the bundle manifest changed length while the tensors were written", code="build")
+    f.seek(start + 8)
+    f.write(final)
+    if private_key is not None:
+        h = hashlib.sha256()  # the file is unsigned as written: its hash is the signing digest
+        f.seek(start)
+        for at in range(start, end, CHUNK_BYTES):
+            h.update(f.read(min(CHUNK_BYTES, end - at)))
+        needle = f'"{SIG_KEY}":"{UNSIGNED}"'.encode()
+        at = final.find(needle)
+        f.seek(start + 8 + at + len(needle) - SIG_HEX_LEN - 1)
+        f.write(private_key.sign(h.digest()).hex().encode())
+    f.seek(end)
+    return end - start
 
 
 def verify_signature(pb: ParsedBundle, public_key) -> None:

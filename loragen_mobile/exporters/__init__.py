@@ -36,17 +36,18 @@ from __future__ import annotations
 
 # every name the package exposed before the split stays importable from here
 # ruff: noqa: F401
-from .artifact import (ARTIFACT_FILE, ARTIFACT_SCHEMA, SLOT_DTYPES, Artifact, SwapSlot, as_artifact, check_swap,
+from .artifact import (ARTIFACT_FILE, ARTIFACT_SCHEMA, SLOT_DTYPES, Artifact, LazyTensors, SwapSlot, as_artifact, check_swap,
                        dtype_name, read_artifact, sha256_bytes, sha256_file, tensor_bytes, write_artifact_json)
 from .metadata import chat_template, common_meta, copy_tokenizer, prompt_meta
 from .pipeline import (PRECISIONS, ExportJob, Exporter, available_backends, check_max_context, export_steps,
-                       get_exporter, read_swap_tensors, resolve_precision, swap_param_names)
+                       get_exporter, read_swap_tensors, resolve_precision, slot_tensors, swap_param_names)
 from .recipes import RECIPE_KEYS, export, generate_text, load_recipe, open_artifact_runner, validate_artifact
 from .runner import Runner, Sampling, artifact_eos_ids
 from .validation import (THRESHOLDS, VALIDATION_PROMPT, Check, ValidationReport, check_fingerprint,
                          check_identity, check_logits)
 
 __all__ = ["Artifact", "SwapSlot", "Exporter", "ExportJob", "Runner", "ValidationReport", "Check", "get_exporter",
-           "available_backends", "read_artifact", "as_artifact", "read_swap_tensors", "check_swap",
+           "available_backends", "read_artifact", "as_artifact", "read_swap_tensors", "slot_tensors", "check_swap",
+           "LazyTensors",
            "open_artifact_runner", "export", "validate_artifact", "generate_text", "Sampling", "prompt_meta",
            "load_recipe", "ARTIFACT_SCHEMA", "THRESHOLDS"]

@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import torch
@@ -25,6 +26,7 @@ from .. import dtypes, quant
 from ..dtypes import tensor_bytes, torch_name as dtype_name
 from ..errors import LoragenError
 from ..fsutil import read_json_object
+from ..lazy import LazyTensors
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_SCHEMA = "loragen-mobile/artifact/v1"
@@ -247,29 +249,35 @@ def write_artifact_json(d: Path, meta: dict) -> None:
     (d / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def check_swap(artifact: Artifact, swap: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """Check names, shapes and dtypes of a swap against the artifact's slots; returns contiguous CPU tensors."""
+def check_swap(artifact: Artifact, swap: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
+    """Check names, shapes and dtypes of a swap against the artifact's slots; returns contiguous CPU
+    tensors. The names are checked at once; the tensors of a :class:`LazyTensors` swap are checked
+    as they are read (still one at a time), those of a dict at once."""
     if not swap:
         return {}
-    if not isinstance(swap, dict):
+    if not isinstance(swap, Mapping):
         raise LoragenError("swap must map parameter names to tensors")
     slots = artifact.slot_map
-    out = {}
-    for name, t in swap.items():
+    for name in swap:
         if name not in slots:
             known = ", ".join(list(slots)[:3])
             raise LoragenError(f"'{name}' is not a swap slot of {artifact.path} (slots look like {known}, ...)")
-        if not isinstance(t, torch.Tensor):
-            raise LoragenError(f"swap value for {name} is a {type(t).__name__}, not a tensor")
-        s = slots[name]
-        if list(t.shape) != list(s.shape):
-            raise LoragenError(f"swap tensor {name} has shape {list(t.shape)}, slot expects {s.shape}")
-        if dtype_name(t.dtype) != s.dtype:
-            raise LoragenError(f"swap tensor {name} has dtype {dtype_name(t.dtype)}, slot expects {s.dtype}")
-        if not torch.isfinite(t).all():
-            raise LoragenError(f"swap tensor {name} holds NaN or inf")
-        out[name] = t.detach().contiguous().cpu()
-    return out
+    if isinstance(swap, LazyTensors):
+        return LazyTensors(swap, lambda name: _checked(slots[name], swap[name]))
+    return {name: _checked(slots[name], t) for name, t in swap.items()}
+
+
+def _checked(s: "SwapSlot", t) -> torch.Tensor:
+    name = s.name
+    if not isinstance(t, torch.Tensor):
+        raise LoragenError(f"swap value for {name} is a {type(t).__name__}, not a tensor")
+    if list(t.shape) != list(s.shape):
+        raise LoragenError(f"swap tensor {name} has shape {list(t.shape)}, slot expects {s.shape}")
+    if dtype_name(t.dtype) != s.dtype:
+        raise LoragenError(f"swap tensor {name} has dtype {dtype_name(t.dtype)}, slot expects {s.dtype}")
+    if not torch.isfinite(t).all():
+        raise LoragenError(f"swap tensor {name} holds NaN or inf")
+    return t.detach().contiguous().cpu()
 
 
 def slot_corrupt(root: Path, slot: SwapSlot, why: str) -> LoragenError:

@@ -30,6 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -40,8 +41,8 @@ from ..families import family_of
 from ..fsutil import atomic_dir
 from ..lora import load_peft_adapter
 from ..models import load_model, target_module_names
-from .artifact import (Artifact, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes, sha256_file,
-    slot_corrupt, tensor_bytes, write_artifact_json)
+from .artifact import (Artifact, LazyTensors, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes,
+    sha256_file, slot_corrupt, tensor_bytes, write_artifact_json)
 from .metadata import common_meta, copy_tokenizer
 from .runner import Runner
 from .validation import (THRESHOLDS, ValidationReport, check_fingerprint, check_identity, check_logits,
@@ -272,11 +273,14 @@ class Exporter:
         """The stored bytes of each slot under the artifact directory ``root``."""
         return {s.name: b for s, b in self.iter_slot_bytes(root, slots)}
 
-    def write_slot_bytes(self, root: Path, slots: list[SwapSlot], data: dict[str, bytes | torch.Tensor]) -> None:
+    def write_slot_bytes(self, root: Path, slots: list[SwapSlot],
+                         data: Mapping[str, bytes | torch.Tensor]) -> dict[str, str]:
         """Hook: write ``data[name]`` (bytes, or a tensor whose raw bytes are written; exactly
-        ``nbytes``) over each named slot's bytes in place, converting one slot at a time."""
+        ``nbytes``) over each named slot's bytes in place, reading ``data`` one slot at a time;
+        returns the sha256 of the bytes written per slot."""
         chosen = [s for s in slots if s.name in data]
         offsets = self.slot_offsets(root, chosen)
+        digests = {}
         for file, group in _by_file(chosen):
             with open(root / file, "r+b") as f:
                 for s in group:
@@ -286,15 +290,30 @@ class Exporter:
                         raise slot_corrupt(root, s, f"holds {s.nbytes} bytes, not {len(b)}")
                     f.seek(offsets[s.name])
                     f.write(b)
+                    digests[s.name] = sha256_bytes(b)
+        return digests
 
     def verified_slot_bytes(self, root: Path, slots: list[SwapSlot],
                             shown: Path | None = None) -> Iterator[tuple[SwapSlot, bytes]]:
         """:meth:`iter_slot_bytes`, each slot checked against its recorded size and sha256 before it
         is yielded (errors name ``shown``, e.g. the source of a copy, instead of ``root``)."""
         for s, b in self.iter_slot_bytes(root, slots):
-            if len(b) != s.nbytes or sha256_bytes(b) != s.sha256:
-                raise slot_corrupt(shown or root, s, "does not hold the bytes artifact.json records")
-            yield s, b
+            yield s, _as_recorded(shown or root, s, b)
+
+    def slot_tensors(self, artifact: Artifact | str | os.PathLike) -> LazyTensors:
+        """The values stored in every swap slot, each read and checked against its sha256 when it is
+        accessed (one slot's bytes at a time; nothing is kept)."""
+        art = as_artifact(artifact, self.name)
+        offsets = self.slot_offsets(art.path, art.slots)
+        by_name = art.slot_map
+
+        def get(name: str) -> torch.Tensor:
+            s = by_name[name]
+            with open(art.path / s.file, "rb") as f:
+                f.seek(offsets[name])
+                return s.tensor(_as_recorded(art.path, s, f.read(s.nbytes)))
+
+        return LazyTensors([s.name for s in art.slots], get)
 
     # ------------------------------------------------------------------ swap (once, for every backend)
 
@@ -317,8 +336,8 @@ class Exporter:
         self.slot_offsets(art.path, art.slots)  # every slot is where artifact.json says, before any copy
         with atomic_dir(out_dir) as tmp:
             copy_tree(art.path, tmp)
-            self.write_slot_bytes(tmp, art.slots, swap)
-            raw = [dict(d, sha256=dtypes.tensor_sha256(swap[d["name"]])) if d["name"] in swap else dict(d)
+            digests = self.write_slot_bytes(tmp, art.slots, swap)
+            raw = [dict(d, sha256=digests[d["name"]]) if d["name"] in digests else dict(d)
                    for d in art.meta["swap_slots"]]
             for _ in self.verified_slot_bytes(tmp, [SwapSlot.from_dict(d) for d in raw], shown=art.path):
                 pass  # every slot re-read and checked, one at a time
@@ -437,6 +456,19 @@ def copy_tree(src: Path, dst: Path) -> None:
             shutil.copytree(item, dst / item.name)
         else:
             shutil.copy2(item, dst / item.name)
+
+
+def _as_recorded(root: Path, s: SwapSlot, b: bytes) -> bytes:
+    """``b``, the stored bytes of slot ``s``, when they have the size and sha256 artifact.json records."""
+    if len(b) != s.nbytes or sha256_bytes(b) != s.sha256:
+        raise slot_corrupt(root, s, "does not hold the bytes artifact.json records")
+    return b
+
+
+def slot_tensors(artifact: Artifact | str | os.PathLike) -> LazyTensors:
+    """:meth:`Exporter.slot_tensors` of any artifact (dispatches on the recorded backend)."""
+    art = as_artifact(artifact)
+    return get_exporter(art.backend).slot_tensors(art)
 
 
 def read_swap_tensors(artifact: Artifact | str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -366,8 +367,8 @@ class ServedArtifact:
     name: str
     path: Path
     meta: dict
-    base: dict  # the artifact's own values of its swappable tensors (merged bundles start from these)
-    full_precision: dict | None = None  # a quantized artifact's weights in full precision (base_models)
+    base: Mapping  # the artifact's own values of its swappable tensors, read on access (merged bundles start from these)
+    full_precision: Mapping | None = None  # a quantized artifact's weights in full precision (base_models), read on access
 
     @property
     def fingerprint(self) -> str:
@@ -405,8 +406,10 @@ class Specializer:
         for a in cfg.artifacts:
             art = read_artifact(a)
             name = Path(a).resolve().name
-            served = ServedArtifact(name, art.path, art.meta, read_base_tensors(art),
-                                    full_precision_weights(art, cfg.base_models.get(name)))
+            base = read_base_tensors(art)
+            for param in base:  # every stored slot checked once now; builds read them again, one at a time
+                base[param]
+            served = ServedArtifact(name, art.path, art.meta, base, full_precision_weights(art, cfg.base_models.get(name)))
             _check_servable(self.generator, served)
             for other in self.artifacts:
                 if served.name == other.name or served.fingerprint == other.fingerprint:

@@ -1,0 +1,49 @@
+"""Tensors made on access: how multi-GB weights move through the pipeline one tensor at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+
+
+class LazyTensors(Mapping):
+    """Name -> tensor, each tensor made (read, merged, checked) on access and not kept: a caller
+    that handles one tensor at a time holds one tensor, not the model's swappable weights."""
+
+    def __init__(self, names: Iterable[str], get: Callable[[str], torch.Tensor]):
+        self._names = list(names)
+        self._known = set(self._names)
+        self._get = get
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._get(name)
+
+    def __contains__(self, name) -> bool:
+        return name in self._known
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class Parts:
+    """The parts of one weight computed together (a quantized weight's codes and scales), handed out
+    one part at a time: ``get(weight, part)`` computes ``make(weight)`` on the first request and keeps
+    only the parts not handed out yet."""
+
+    def __init__(self, make: Callable[[str], dict[str, torch.Tensor]]):
+        self._make = make
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(self, weight: str, part: str) -> torch.Tensor:
+        if weight not in self._pending:
+            self._pending[weight] = dict(self._make(weight))
+        t = self._pending[weight].pop(part)
+        if not self._pending[weight]:
+            del self._pending[weight]
+        return t

@@ -1,0 +1,52 @@
+"""Small-shape runs of the benchmark code paths that the full-size runs use (the figures
+themselves are benchmarks, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from loragen_mobile.bench.all import _render_bundle
+from loragen_mobile.bundle import build_bundle
+from loragen_mobile.cli import main
+from loragen_mobile.lora import random_adapter
+from loragen_mobile.models import build_model, target_module_names
+
+
+def _digest(d):
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(d)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, capsys):
+    """`loragen bench bundle` on a shared tiny artifact: every CLI step (build, verify, apply of
+    both kinds) ran in its own process with a peak RSS, the bundle sizes are those of bundles
+    built here, the artifact is untouched and the applied copies are cleaned up."""
+    art = artifacts("onnx", "tiny-llama")
+    before = _digest(art)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
+    (work / "onnx-tiny-llama").symlink_to(art)
+    out = tmp_path / "bundle.json"
+    assert main(["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
+                 "--artifacts-dir", str(work), "--out", str(out)]) == 0
+    e = json.loads(out.read_text())["results"]["tiny-llama"]["onnx"]
+    model = build_model("tiny-llama")
+    adapter = random_adapter(model, target_module_names(model), r=16, alpha=16, seed=0)
+    key = Ed25519PrivateKey.generate()
+    for kind in ("merged", "lora"):
+        assert e[kind]["bytes"] == len(build_bundle(art, adapter, kind, private_key=key)), kind
+    steps = ("build_merged", "verify_merged", "apply_merged", "build_lora", "verify_lora", "apply_lora")
+    assert set(e["steps"]) == set(steps)
+    for s in steps:  # a Python process with torch imported holds tens of MB at least
+        assert e["steps"][s]["s"] > 0 and e["steps"][s]["peak_rss_bytes"] > 50 * 2**20, s
+    assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", "onnx-tiny-llama"]
+    assert _digest(art) == before
+    table = "\n".join(_render_bundle({"results": {"tiny-llama": {"onnx": e}}}))
+    assert "| tiny-llama / onnx |" in table and "`bundle apply merged`" in table
