@@ -11,10 +11,12 @@ class LazyTensors(Mapping):
     """Name -> tensor, each tensor made (read, merged, checked) on access and not kept: a caller
     that handles one tensor at a time holds one tensor, not the model's swappable weights."""
 
-    def __init__(self, names: Iterable[str], get: Callable[[str], torch.Tensor]):
+    def __init__(self, names: Iterable[str], get: Callable[[str], torch.Tensor], finite: bool = False):
         self._names = list(names)
         self._known = set(self._names)
         self._get = get
+        #: every value is known to be finite and within the bundle bounds (a verified bundle's)
+        self.finite = finite
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._known:

@@ -46,6 +46,8 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
     assert set(e["steps"]) == set(steps)
     for s in steps:  # a Python process with torch imported holds tens of MB at least
         assert e["steps"][s]["s"] > 0 and e["steps"][s]["peak_rss_bytes"] > 50 * 2**20, s
+    # ONNX keeps its session: both kinds were also swapped into the loaded runner
+    assert all("swap_in_place" in e[k] and e[k]["decode_tokens_per_s"] > 0 for k in ("merged", "lora"))
     assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", "onnx-tiny-llama"]
     assert _digest(art) == before
     table = "\n".join(_render_bundle({"results": {"tiny-llama": {"onnx": e}}}))

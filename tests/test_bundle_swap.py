@@ -18,6 +18,7 @@ from loragen_mobile.bundle import (apply_bundle, build_bundle, bundle_swap, open
 from loragen_mobile.bundle.format import BundleError
 from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
 from loragen_mobile.cli import main
+from loragen_mobile.errors import LoragenError
 from loragen_mobile.exporters.common import Reference
 from loragen_mobile.models import build_tokenizer, load_model, target_module_names
 
@@ -139,6 +140,41 @@ def test_bundle_files_are_streamed_and_checked_again_when_read(kind, artifacts, 
         apply_bundle(path, art, tmp_path / "special", keys["pub"])
     assert e.value.code in ("digest", "bad_signature") and not (tmp_path / "special").exists()
     assert _digest(art) == before
+
+
+def test_onnx_runner_swaps_in_place(artifacts, model_dirs, keys, tmp_path):
+    """A loaded ONNX session takes a bundle without loading again (the slots are optional graph
+    inputs fed per run): merged (mapped from its verified file) and lora bundles give the eager
+    merged model's tokens, exactly the logits of a runner opened with the same swap; swapping the
+    artifact's own values back gives the base logits again; a bad swap leaves the base weights."""
+    from loragen_mobile.exporters import get_exporter, read_artifact
+
+    art = artifacts("onnx", "tiny-llama")
+    assert read_artifact(art).meta["swap_inputs"] is True
+    exp = get_exporter("onnx")
+    model, ad = _adapter(model_dirs["tiny-llama"], seed=13)
+    runner = exp.open_runner(art)
+    assert runner.swaps_in_place
+    base_logits = runner.prefill(PROMPT)
+    for kind in ("merged", "lora"):
+        write_bundle(build_bundle(art, ad, kind, private_key=keys["key"]), tmp_path / f"{kind}.bundle")
+        vb = verify_bundle(tmp_path / f"{kind}.bundle", art, keys["pub"])
+        runner.swap(bundle_swap(vb, art, mapped=kind == "merged"))
+        diff, toks_ref, toks = _compare(runner, model, ad)
+        assert diff <= 1e-4 and toks == toks_ref, kind
+        runner.reset()
+        reopened = exp.open_runner(art, swap=bundle_swap(vb, art))
+        assert torch.equal(runner.prefill(PROMPT), reopened.prefill(PROMPT)), kind
+    runner.swap(read_base_tensors(art))
+    assert torch.equal(runner.prefill(PROMPT), base_logits)
+    bad = {"model.layers.0.mlp.up_proj.weight": torch.full_like(read_base_tensors(art)["model.layers.0.mlp.up_proj.weight"], float("nan"))}
+    with pytest.raises(LoragenError):
+        runner.swap(bad)
+    assert torch.equal(runner.prefill(PROMPT), base_logits)
+    et = get_exporter("executorch").open_runner(artifacts("executorch", "tiny-llama"))
+    with pytest.raises(LoragenError) as e:
+        et.swap(read_base_tensors(art))
+    assert e.value.code == "usage"
 
 
 def test_coreml_swap_is_byte_identical_to_fresh_conversion(artifacts, model_dirs, keys, tmp_path):

@@ -89,11 +89,15 @@ def _render_bundle(r):
     def ms(e, k):
         return f"{e[k]['median_s'] * 1e3:.1f} ms" if k in e else "-"
 
-    sizes = _table(["preset / backend", "artifact", "merged bundle", "lora bundle", "verify (in process)", "swap + load",
-                    "cold load"], [
+    sizes = _table(["preset / backend", "artifact", "merged bundle", "lora bundle", "verify (in process)",
+                    "cold load + first token", "load with swap + first token", "swap in place + first token (merged / lora)",
+                    "decode tokens/s before / after swap"], [
         [f"{p} / {b}", f"{e['artifact_bytes'] / 1e6:.2f} MB", f"{e['merged']['bytes'] / 1e6:.3f} MB",
-         f"{e['lora']['bytes'] / 1e6:.3f} MB", ms(e["merged"], "verify"),
-         f"{e['merged']['swap_load']['median_s'] * 1e3:.0f} ms", f"{e['cold_load']['median_s'] * 1e3:.0f} ms"]
+         f"{e['lora']['bytes'] / 1e6:.3f} MB", ms(e["merged"], "verify"), ms(e, "cold_load"),
+         ms(e["merged"], "swap_load"),
+         f"{ms(e['merged'], 'swap_in_place')} / {ms(e['lora'], 'swap_in_place')}" if "swap_in_place" in e["merged"] else "-",
+         f"{e['decode_tokens_per_s']:.1f} / {e['merged']['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in e["merged"]
+         else "-"]
         for p, per in r["results"].items() for b, e in per.items()])
     steps = ("build_merged", "verify_merged", "apply_merged", "build_lora", "apply_lora")
     cli = _table(["preset / backend"] + [f"`bundle {s.replace('_', ' ')}`" for s in steps], [

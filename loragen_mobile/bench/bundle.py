@@ -2,7 +2,9 @@
 
 For each preset: export (or reuse with --artifacts-dir) ExecuTorch and ONNX artifacts, build a
 signed bundle of each kind for a rank-16 FFN LoRA, and time build, verify, the swap at load
-(open a runner with the bundle) and a cold load of the base artifact. The CLI steps a developer or
+(open a runner with the bundle), the swap in a loaded runner (where the backend keeps its session:
+ONNX) and a cold load of the base artifact, each with its first token; and the decode rate before
+and after the swap. The CLI steps a developer or
 the service runs (`loragen bundle build` of each kind, `verify`, `apply` of each kind) also run as
 child processes, each with its wall time and peak RSS read from the kernel. The large shapes
 (tinyllama-1.1b, gemma-2b; random weights) take a long time to export on a laptop: they run only
@@ -78,6 +80,8 @@ def run(args) -> dict:
         entry = {"artifact_bytes": sum(f.stat().st_size for f in art.rglob("*") if f.is_file()),
                  "steps": _cli_steps(work, art, adapter, f"{backend}-{preset}")}
         repeats = 1 if big else args.repeats
+        loaded = exp.open_runner(art)
+        entry["decode_tokens_per_s"] = _decode_rate(loaded)
         for kind in ("merged", "lora"):
             path = work / f"{backend}-{preset}-{kind}.bundle"
             entry[kind] = {"bytes": path.stat().st_size}
@@ -92,6 +96,14 @@ def run(args) -> dict:
                 r.prefill([1, 2, 3])
 
             entry[kind]["swap_load"] = time_call(swap_load, repeats)
+            if loaded.swaps_in_place:  # the loaded runner keeps its session: swap + first token
+
+                def swap_in_place():
+                    loaded.swap(bundle_swap(vb, art, mapped=True))
+                    loaded.prefill([1, 2, 3])
+
+                entry[kind]["swap_in_place"] = time_call(swap_in_place, repeats)
+                entry[kind]["decode_tokens_per_s"] = _decode_rate(loaded)
             path.unlink()
 
         def cold():
@@ -99,6 +111,7 @@ def run(args) -> dict:
             r.prefill([1, 2, 3])
 
         entry["cold_load"] = time_call(cold, repeats)
+        loaded = None  # its session and swapped weights are released before the next artifact
         entry["merged_over_lora_bytes"] = entry["merged"]["bytes"] / entry["lora"]["bytes"]
         entry["artifact_over_merged_bytes"] = entry["artifact_bytes"] / entry["merged"]["bytes"]
         result["results"].setdefault(preset, {})[backend] = entry
@@ -109,9 +122,23 @@ def run(args) -> dict:
             rss = "/".join(f"{e['steps'][k + '_merged']['peak_rss_bytes'] / 2**30:.2f}" for k in ("build", "verify", "apply"))
             print(f"{preset}/{backend}: artifact {e['artifact_bytes'] / 1e6:.2f} MB, merged {e['merged']['bytes'] / 1e6:.3f} MB, "
                   f"lora {e['lora']['bytes'] / 1e6:.3f} MB; merged build/verify/apply peak RSS {rss} GiB; "
-                  f"swap+load {e['merged']['swap_load']['median_s'] * 1e3:.0f} ms vs cold {e['cold_load']['median_s'] * 1e3:.0f} ms")
+                  f"swap+load {e['merged']['swap_load']['median_s'] * 1e3:.0f} ms"
+                  + (f", swap in place {e['merged']['swap_in_place']['median_s'] * 1e3:.0f} ms" if "swap_in_place" in e["merged"] else "")
+                  + f" vs cold {e['cold_load']['median_s'] * 1e3:.0f} ms")
     print(f"wrote {out}")
     return result
+
+
+def _decode_rate(runner, prompt: int = 16, tokens: int = 16) -> float:
+    """Greedy decode tokens/s of a runner after a ``prompt``-token prefill (the cache reset first)."""
+    import time
+
+    runner.reset()
+    tok = int(runner.prefill(list(range(1, prompt + 1))).argmax())
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        tok = int(runner.decode(tok).argmax())
+    return tokens / (time.perf_counter() - t0)
 
 
 def _cli_steps(work: Path, art: Path, adapter, name: str) -> dict:

@@ -118,10 +118,12 @@ def verify_bundle(bundle: bytes | str | os.PathLike, artifact_dir, public_key=No
     return verify(parsed, as_artifact(artifact_dir).meta, public_key, require_signature)
 
 
-def bundle_swap(vb: VerifiedBundle, artifact_dir) -> LazyTensors:
-    """Parameter name -> replacement tensor; lora bundles are merged here with the artifact's base values."""
+def bundle_swap(vb: VerifiedBundle, artifact_dir, mapped: bool = False) -> LazyTensors:
+    """Parameter name -> replacement tensor; lora bundles are merged here with the artifact's base
+    values. ``mapped``: a merged bundle's tensors are views of its verified file (see
+    :func:`~loragen_mobile.bundle.core.swap_tensors`)."""
     base = read_base_tensors(artifact_dir) if vb.kind == "lora" else None
-    return swap_tensors(vb, base)
+    return swap_tensors(vb, base, mapped=mapped)
 
 
 def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: bool = True):

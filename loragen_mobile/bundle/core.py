@@ -430,14 +430,22 @@ def _check_data_type(name: str, e: dict, te) -> None:
         raise BundleError(f"tensor {name}: manifest says {e['dtype']} {e['shape']}, data is {te.dtype} {list(te.shape)}", code="manifest")
 
 
-def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = None) -> LazyTensors:
+def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = None,
+                 mapped: bool = False) -> LazyTensors:
     """Parameter (or quantized part) name -> replacement tensor, each made when it is read. lora
     kind: merged here on the host (fp32 accumulation, output in the slot dtype) from ``base``, the
-    artifact's own values."""
+    artifact's own values.
+
+    ``mapped`` (a merged bundle verified from a file): each tensor is a read-only view of the file's
+    pages, neither read nor hashed again; the bundle file is then trusted to stay as verified, as
+    the artifact's own files are (a phone keeps both in app-private storage). Otherwise every tensor
+    is read again and checked against the verified manifest's sha256."""
     entries = vb.manifest["tensors"]
     if vb.kind == "merged":
         by_param = {e["param"]: n for n, e in entries.items()}
-        return LazyTensors(sorted(by_param), lambda p: vb.tensor(by_param[p]))
+        if mapped:
+            return LazyTensors(sorted(by_param), lambda p: vb.parsed.mapped_tensor(by_param[p]), finite=True)
+        return LazyTensors(sorted(by_param), lambda p: vb.tensor(by_param[p]), finite=True)
     if base is None:
         raise BundleError("a lora bundle needs the artifact's base values to merge on the host", code="build")
     if vb.manifest["format_version"] == fmt.FORMAT_VERSION_QUANTIZED:
@@ -456,7 +464,7 @@ def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = N
         except LoragenError as e:  # a merged weight out of bounds: the bundle does not fit this base
             raise BundleError(str(e), code="merge") from None
 
-    return LazyTensors([f"{m}.weight" for m in modules], merged)
+    return LazyTensors([f"{m}.weight" for m in modules], merged, finite=True)  # the merge bounds every value
 
 
 def _requantized(vb: VerifiedBundle, base: Mapping[str, torch.Tensor]) -> LazyTensors:

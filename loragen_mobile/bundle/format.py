@@ -122,6 +122,24 @@ class ParsedBundle:
         e = self.tensors[name]
         return dtypes.from_bytes(self.tensor_bytes(name), e.dtype, e.shape)
 
+    def mapped_tensor(self, name: str):
+        """The tensor of a bundle parsed from a file as a read-only view of the file's pages (no read,
+        no copy: the pages load when the tensor is first used, and are shared with the page cache)."""
+        e = self.tensors[name]
+        if self.path is None or e.end == e.begin:
+            return self.tensor(name)
+        import warnings
+
+        import torch
+
+        d = dtypes.lookup(e.dtype)
+        stored = np.dtype(d.numpy) if d.numpy is not None else np.dtype("<u2")  # bfloat16: its bits
+        a = np.memmap(self.path, dtype=stored, mode="r", offset=self.data_start + e.begin, shape=e.shape)
+        with warnings.catch_warnings():  # torch warns that the view is read-only: it is meant to be
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(a)
+        return t if d.numpy is not None else t.view(d.torch)
+
 
 def _no_duplicates(pairs):
     d = {}

@@ -53,10 +53,18 @@ def sha256_bytes(*chunks: bytes) -> str:
 
 def sha256_file(path: Path, skip: Iterable[tuple[int, int]] = ()) -> str:
     """sha256 of a file's bytes, with the byte ranges ``(offset, length)`` in ``skip`` left out."""
-    data = bytearray(Path(path).read_bytes())
-    for off, n in sorted(skip, reverse=True):
-        del data[off:off + n]
-    return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    pos = 0
+    with open(path, "rb") as f:
+        for off, n in sorted(skip) + [(os.fstat(f.fileno()).st_size, 0)]:
+            f.seek(pos)
+            for at in range(pos, max(pos, off), _CHUNK):  # [pos, off) in pieces: the file is never held whole
+                h.update(f.read(min(_CHUNK, off - at)))
+            pos = max(pos, off + n)
+    return h.hexdigest()
+
+
+_CHUNK = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- swap slots
@@ -263,11 +271,11 @@ def check_swap(artifact: Artifact, swap: Mapping[str, torch.Tensor] | None) -> M
             known = ", ".join(list(slots)[:3])
             raise LoragenError(f"'{name}' is not a swap slot of {artifact.path} (slots look like {known}, ...)")
     if isinstance(swap, LazyTensors):
-        return LazyTensors(swap, lambda name: _checked(slots[name], swap[name]))
+        return LazyTensors(swap, lambda name: _checked(slots[name], swap[name], values=not swap.finite), swap.finite)
     return {name: _checked(slots[name], t) for name, t in swap.items()}
 
 
-def _checked(s: "SwapSlot", t) -> torch.Tensor:
+def _checked(s: "SwapSlot", t, values: bool = True) -> torch.Tensor:
     name = s.name
     if not isinstance(t, torch.Tensor):
         raise LoragenError(f"swap value for {name} is a {type(t).__name__}, not a tensor")
@@ -275,7 +283,7 @@ def _checked(s: "SwapSlot", t) -> torch.Tensor:
         raise LoragenError(f"swap tensor {name} has shape {list(t.shape)}, slot expects {s.shape}")
     if dtype_name(t.dtype) != s.dtype:
         raise LoragenError(f"swap tensor {name} has dtype {dtype_name(t.dtype)}, slot expects {s.dtype}")
-    if not torch.isfinite(t).all():
+    if values and not torch.isfinite(t).all():
         raise LoragenError(f"swap tensor {name} holds NaN or inf")
     return t.detach().contiguous().cpu()
 

@@ -47,16 +47,21 @@ DATA = "model.ptd"
 DATA_TAG = "model"  # external-constant tag -> DATA
 
 
+# bytes at the start of a .ptd that hold its FlatTensor header (far more than the header needs)
+_PTD_HEAD = 4096
+
+
 def _ptd_ranges(path: Path) -> dict[str, tuple[int, int]]:
     """key -> (absolute byte offset of its data in the file, size)."""
     from executorch.extension.flat_tensor.serialize.serialize import FlatTensorHeader, _deserialize_to_flat_tensor
 
-    data = Path(path).read_bytes()
     try:
-        header = FlatTensorHeader.from_bytes(data[8:])
-        if not header.is_valid():
-            raise ValueError("invalid FlatTensor header")
-        ft = _deserialize_to_flat_tensor(data[: header.flatbuffer_offset + header.flatbuffer_size])
+        with open(path, "rb") as f:  # the header and the index only: the tensor data stays on disk
+            header = FlatTensorHeader.from_bytes(f.read(_PTD_HEAD)[8:])
+            if not header.is_valid():
+                raise ValueError("invalid FlatTensor header")
+            f.seek(0)
+            ft = _deserialize_to_flat_tensor(f.read(header.flatbuffer_offset + header.flatbuffer_size))
     except Exception as e:
         raise LoragenError(f"cannot read ExecuTorch data file {path}: {str(e).splitlines()[0]}") from None
     out = {}

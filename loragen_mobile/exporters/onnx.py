@@ -43,7 +43,7 @@ import torch
 from .. import quant
 from ..errors import LoragenError
 from ..families import family_of
-from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .artifact import Artifact, SwapSlot, check_swap, dtype_name, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
 from .pipeline import ExportJob, Exporter, quantizable_linears
 from .runner import Runner
@@ -85,15 +85,14 @@ class ONNXRunner(Runner):
         self.np_dtype = _NP[m["kv_dtype"]]
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        slots = artifact.slot_map
         self._keep = []  # arrays must outlive the session
-        if swap:
+        self._fed: dict[str, object] = {}  # swap slot key -> OrtValue fed with every run
+        self.swaps_in_place = bool(m.get("swap_inputs"))
+        if swap and not self.swaps_in_place:  # slots that are no graph inputs: initializers replaced at load
             names, values = [], []
-            for name, t in swap.items():
-                a = np.ascontiguousarray(t.numpy())
-                self._keep.append(a)
-                names.append(slots[name].key)
-                values.append(ort.OrtValue.ortvalue_from_numpy(a))
+            for name, v in self._ort_values(swap).items():
+                names.append(name)
+                values.append(v)
             so.add_external_initializers(names, values)
         try:
             self.session = ort.InferenceSession(str(artifact.file(MODEL)), so,
@@ -102,6 +101,37 @@ class ONNXRunner(Runner):
             raise LoragenError(f"onnxruntime cannot load {artifact.file(MODEL)}: {str(e).splitlines()[0]}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._reset()
+        if swap and self.swaps_in_place:
+            self.swap(swap)
+
+    def _ort_values(self, swap) -> dict[str, object]:
+        """Slot key -> OrtValue over the swap's tensors, read one at a time (the arrays are kept)."""
+        import onnxruntime as ort
+
+        slots = self.artifact.slot_map
+        out = {}
+        for name in swap:
+            a = np.ascontiguousarray(swap[name].numpy())
+            self._keep.append(a)
+            out[slots[name].key] = ort.OrtValue.ortvalue_from_numpy(a)
+        return out
+
+    def swap(self, tensors) -> None:
+        """The swap slots are optional graph inputs (initializers that are also inputs): a swap is
+        what each run feeds them, so the loaded session is kept (docs/exporters.md). The previous
+        swap is released before the new one is read (one set of swapped weights in memory); if the
+        new one fails its checks, the runner is left with the artifact's own weights."""
+        if not self.swaps_in_place:
+            super().swap(tensors)
+        tensors = check_swap(self.artifact, tensors)
+        self._keep, self._fed = [], {}
+        try:
+            self._fed = self._ort_values(tensors)
+        except BaseException:
+            self._keep = []
+            raise
+        finally:
+            self.reset()
 
     def _reset(self):
         empty = np.zeros((1, self.n_kv, 0, self.head_dim), dtype=self.np_dtype)
@@ -115,6 +145,7 @@ class ONNXRunner(Runner):
         for i in range(self.n_layers):
             feed[f"past_key_values.{i}.key"] = self.past[2 * i]
             feed[f"past_key_values.{i}.value"] = self.past[2 * i + 1]
+        feed.update(self._fed)
         outs = self.session.run(None, feed)
         self.past = list(outs[1:])
         return torch.from_numpy(np.asarray(outs[0][0], dtype=np.float32))
@@ -171,6 +202,10 @@ class ONNXExporter(Exporter):
                 set_external_data(init, location=loc, offset=off, length=len(init.raw_data))
                 init.ClearField("raw_data")
                 init.data_location = onnx.TensorProto.EXTERNAL
+        if job.encoding is None:  # the slots become optional inputs: a loaded session swaps them per run
+            by_name = {i.name: i for i in proto.graph.initializer}
+            for n in job.swap_names:
+                proto.graph.input.append(onnx.helper.make_tensor_value_info(n, by_name[n].data_type, list(by_name[n].dims)))
         onnx.save(proto, str(job.out / MODEL))
         shutil.rmtree(raw)
         job.state["opset"] = int(proto.opset_import[0].version)
@@ -223,8 +258,11 @@ class ONNXExporter(Exporter):
             "logits": "all" if job.all_logits else "last",
             "kv_cache": "past_key_values.{i}.key/value in, present.{i}.key/value out ([1, kv_heads, len, head_dim])",
             "files": [MODEL, FOUNDATION, SWAP, GENAI],
-            "swap_method": "open_runner: SessionOptions.add_external_initializers; apply_swap: rewrite "
-                           f"{SWAP} at the slot offsets",
+            "swap_method": ("a loaded session feeds the slots per run (each slot key is an optional graph input "
+                            "whose default is its initializer)" if job.encoding is None else
+                            "open_runner: SessionOptions.add_external_initializers")
+                           + f"; apply_swap: rewrite {SWAP} at the slot offsets",
+            "swap_inputs": job.encoding is None,
             **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": ACCURACY_LEVEL,
                                  "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
                if job.encoding is not None else {}),

@@ -32,6 +32,16 @@ class Runner:
         self.pos = 0
         self._reset()
 
+    #: whether :meth:`swap` replaces the swap slots of this loaded runner (else: open a new runner)
+    swaps_in_place = False
+
+    def swap(self, tensors) -> None:
+        """Replace the values of the swap slots named in ``tensors`` (parameter name -> tensor, e.g.
+        :func:`loragen_mobile.bundle.bundle_swap`) in this loaded runner, without loading the model
+        again; the KV cache is reset. Only runners with ``swaps_in_place`` can."""
+        raise LoragenError(f"{self.artifact.backend} runners cannot swap weights in place; open a new runner "
+                           "with the swap instead", code="usage")
+
     def _reset(self) -> None:  # pragma: no cover - overridden
         pass
 
