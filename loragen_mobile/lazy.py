@@ -49,3 +49,27 @@ class Parts:
         if not self._pending[weight]:
             del self._pending[weight]
         return t
+
+
+def mapped_tensor(path, offset: int, dtype: str, shape) -> torch.Tensor:
+    """A read-only tensor over bytes [offset, offset + size) of a file, without reading or copying
+    them: its pages load when it is first used and are shared with the page cache. For files the
+    caller already trusts (a verified bundle, an artifact's own data)."""
+    import warnings
+
+    import numpy as np
+
+    from . import dtypes
+
+    d = dtypes.lookup(dtype)
+    count = 1
+    for n in shape:
+        count *= n
+    if count == 0:
+        return torch.empty(list(shape), dtype=d.torch)
+    stored = np.dtype(d.numpy) if d.numpy is not None else np.dtype("<u2")  # bfloat16: its bits
+    a = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=tuple(shape))
+    with warnings.catch_warnings():  # torch warns that the view is read-only: it is meant to be
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(a)
+    return t if d.numpy is not None else t.view(d.torch)

@@ -144,9 +144,10 @@ def test_bundle_files_are_streamed_and_checked_again_when_read(kind, artifacts, 
 
 def test_onnx_runner_swaps_in_place(artifacts, model_dirs, keys, tmp_path):
     """A loaded ONNX session takes a bundle without loading again (the slots are optional graph
-    inputs fed per run): merged (mapped from its verified file) and lora bundles give the eager
-    merged model's tokens, exactly the logits of a runner opened with the same swap; swapping the
-    artifact's own values back gives the base logits again; a bad swap leaves the base weights."""
+    inputs fed per run): merged (mapped from its verified file) and lora bundles (merged from the
+    mapped artifact) give the eager merged model's tokens, exactly the logits of a runner opened
+    with the same swap; swapping the artifact's own values back gives the base logits again; a bad
+    swap leaves the base weights."""
     from loragen_mobile.exporters import get_exporter, read_artifact
 
     art = artifacts("onnx", "tiny-llama")
@@ -159,7 +160,7 @@ def test_onnx_runner_swaps_in_place(artifacts, model_dirs, keys, tmp_path):
     for kind in ("merged", "lora"):
         write_bundle(build_bundle(art, ad, kind, private_key=keys["key"]), tmp_path / f"{kind}.bundle")
         vb = verify_bundle(tmp_path / f"{kind}.bundle", art, keys["pub"])
-        runner.swap(bundle_swap(vb, art, mapped=kind == "merged"))
+        runner.swap(bundle_swap(vb, art, mapped=True))
         diff, toks_ref, toks = _compare(runner, model, ad)
         assert diff <= 1e-4 and toks == toks_ref, kind
         runner.reset()

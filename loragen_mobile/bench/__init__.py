@@ -50,25 +50,42 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs), "runs_s": secs}
 
 
+# runs the CLI, then writes this process's peak RSS (VmHWM: the high-water mark of its own memory
+# map, which an exec starts afresh) to the file named by the environment; the kernel's ru_maxrss of
+# a child would include the benchmark's own memory at the fork
+_PEAK_CLI = """
+import atexit, os, sys
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["LORAGEN_BENCH_PEAK_FILE"], "w") as f:
+        f.write(kb)
+atexit.register(_peak)
+sys.argv = ["loragen", *sys.argv[1:]]
+from loragen_mobile.cli import main
+sys.exit(main())
+"""
+
+
 def run_child(args: list[str], what: str) -> dict:
-    """``loragen ARGS`` in a child process: its wall seconds and peak RSS in bytes, read from the
-    kernel for that child alone (wait4). A failure raises with the child's last stderr line."""
+    """``loragen ARGS`` in a child process: its wall seconds and peak RSS in bytes (the child's own
+    high-water mark). A failure raises with the child's last stderr line."""
     import subprocess
     import sys
+    import tempfile
 
     from ..errors import LoragenError
 
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "loragen_mobile", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
-    if code != 0:
-        raise LoragenError(f"{what} failed: {err[-1] if err else f'exit status {code}'}")
-    return {"s": secs, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    with tempfile.TemporaryDirectory(prefix="loragen-bench-") as d:
+        peak_file = Path(d) / "peak"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _PEAK_CLI, *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env={**os.environ, "LORAGEN_BENCH_PEAK_FILE": str(peak_file)})
+        secs = time.perf_counter() - t0
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise LoragenError(f"{what} failed: {err[-1] if err else f'exit status {proc.returncode}'}")
+        return {"s": secs, "peak_rss_bytes": int(peak_file.read_text()) * 1024}
 
 
 def write_json(result: dict, out: str | os.PathLike) -> Path:

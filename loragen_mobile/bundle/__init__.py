@@ -120,9 +120,11 @@ def verify_bundle(bundle: bytes | str | os.PathLike, artifact_dir, public_key=No
 
 def bundle_swap(vb: VerifiedBundle, artifact_dir, mapped: bool = False) -> LazyTensors:
     """Parameter name -> replacement tensor; lora bundles are merged here with the artifact's base
-    values. ``mapped``: a merged bundle's tensors are views of its verified file (see
-    :func:`~loragen_mobile.bundle.core.swap_tensors`)."""
-    base = read_base_tensors(artifact_dir) if vb.kind == "lora" else None
+    values. ``mapped``: a merged bundle's tensors are views of its verified file, and a lora
+    bundle's base values views of the artifact's files, none read again or hashed (see
+    :func:`~loragen_mobile.bundle.core.swap_tensors`): for a swap into a runner that has loaded
+    the artifact."""
+    base = slot_tensors(artifact_dir, mapped=mapped) if vb.kind == "lora" else None
     return swap_tensors(vb, base, mapped=mapped)
 
 

@@ -124,21 +124,13 @@ class ParsedBundle:
 
     def mapped_tensor(self, name: str):
         """The tensor of a bundle parsed from a file as a read-only view of the file's pages (no read,
-        no copy: the pages load when the tensor is first used, and are shared with the page cache)."""
+        no copy; :func:`loragen_mobile.lazy.mapped_tensor`); a copy for an in-memory bundle."""
+        from ..lazy import mapped_tensor
+
         e = self.tensors[name]
-        if self.path is None or e.end == e.begin:
+        if self.path is None:
             return self.tensor(name)
-        import warnings
-
-        import torch
-
-        d = dtypes.lookup(e.dtype)
-        stored = np.dtype(d.numpy) if d.numpy is not None else np.dtype("<u2")  # bfloat16: its bits
-        a = np.memmap(self.path, dtype=stored, mode="r", offset=self.data_start + e.begin, shape=e.shape)
-        with warnings.catch_warnings():  # torch warns that the view is read-only: it is meant to be
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(a)
-        return t if d.numpy is not None else t.view(d.torch)
+        return mapped_tensor(self.path, self.data_start + e.begin, e.dtype, e.shape)
 
 
 def _no_duplicates(pairs):

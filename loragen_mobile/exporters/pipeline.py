@@ -39,6 +39,7 @@ from .. import dtypes, quant
 from ..errors import LoragenError
 from ..families import family_of
 from ..fsutil import atomic_dir
+from ..lazy import mapped_tensor
 from ..lora import load_peft_adapter
 from ..models import load_model, target_module_names
 from .artifact import (Artifact, LazyTensors, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes,
@@ -300,15 +301,19 @@ class Exporter:
         for s, b in self.iter_slot_bytes(root, slots):
             yield s, _as_recorded(shown or root, s, b)
 
-    def slot_tensors(self, artifact: Artifact | str | os.PathLike) -> LazyTensors:
+    def slot_tensors(self, artifact: Artifact | str | os.PathLike, mapped: bool = False) -> LazyTensors:
         """The values stored in every swap slot, each read and checked against its sha256 when it is
-        accessed (one slot's bytes at a time; nothing is kept)."""
+        accessed (one slot's bytes at a time; nothing is kept). ``mapped``: views of the artifact's
+        files instead, neither read nor hashed (the artifact trusted as the runtime that loads it
+        trusts it)."""
         art = as_artifact(artifact, self.name)
         offsets = self.slot_offsets(art.path, art.slots)
         by_name = art.slot_map
 
         def get(name: str) -> torch.Tensor:
             s = by_name[name]
+            if mapped:
+                return mapped_tensor(art.path / s.file, offsets[name], s.dtype, s.shape)
             with open(art.path / s.file, "rb") as f:
                 f.seek(offsets[name])
                 return s.tensor(_as_recorded(art.path, s, f.read(s.nbytes)))
@@ -465,10 +470,10 @@ def _as_recorded(root: Path, s: SwapSlot, b: bytes) -> bytes:
     return b
 
 
-def slot_tensors(artifact: Artifact | str | os.PathLike) -> LazyTensors:
+def slot_tensors(artifact: Artifact | str | os.PathLike, mapped: bool = False) -> LazyTensors:
     """:meth:`Exporter.slot_tensors` of any artifact (dispatches on the recorded backend)."""
     art = as_artifact(artifact)
-    return get_exporter(art.backend).slot_tensors(art)
+    return get_exporter(art.backend).slot_tensors(art, mapped=mapped)
 
 
 def read_swap_tensors(artifact: Artifact | str | os.PathLike) -> dict[str, torch.Tensor]:
