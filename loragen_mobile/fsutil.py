@@ -101,7 +101,9 @@ def remove_empty_dirs(dirs: list[Path]) -> None:
             break  # not empty (someone else wrote there) or already gone
 
 
-def _tmp_prefix(out: Path) -> str:
+def temp_prefix(out: Path) -> str:
+    """The name prefix of this process's temporaries for ``out`` (``clean_stale_temporaries`` removes
+    them once the process is gone)."""
     return f".{out.name}.tmp-{os.getpid()}-"
 
 
@@ -112,7 +114,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     created = _make_parents(out)
     try:
         clean_stale_temporaries(out.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     except BaseException:
         remove_empty_dirs(created)
         raise
@@ -136,7 +138,7 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     created = _make_parents(out)
     try:
         clean_stale_temporaries(out.parent)
-        fd, name = tempfile.mkstemp(prefix=_tmp_prefix(out), dir=out.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(out), dir=out.parent)
         os.close(fd)
     except BaseException:
         remove_empty_dirs(created)

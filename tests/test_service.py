@@ -431,6 +431,20 @@ def test_store_is_atomic_content_addressed_and_lru_capped(tmp_path):
     s.get(ids[1])  # a read makes it the most recent again
     s.put(ids[3], b"z" * 1000, {"manifest": {}})
     assert s.ids() == sorted([ids[1], ids[3]])
+    # a bundle streamed by a writer is stored as the bytes would be; a writer that fails leaves nothing
+    streamed = BundleStore(tmp_path / "streamed")
+    info = streamed.put(ids[0], lambda f: [f.write(bytes([7]) * 500) for _ in range(2)],
+                        lambda path: {"manifest": {"read_back": path.read_bytes()[:1].hex()}})
+    assert info["size"] == 1000 and info["sha256"] == hashlib.sha256(bytes([7]) * 1000).hexdigest()
+    assert info["manifest"] == {"read_back": "07"} and streamed.get(ids[0])["sha256"] == info["sha256"]
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        streamed.put(ids[1], broken, {"manifest": {}})
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == [f"{ids[0]}.bundle", f"{ids[0]}.json"]
     # leftovers of an interrupted write are removed when the store opens; half entries read as absent
     (root / f".{ids[0]}.bundle.tmp-999999999-abc").write_bytes(b"partial")  # of a process that no longer runs
     (root / f"{ids[0]}.bundle").write_bytes(b"orphan")

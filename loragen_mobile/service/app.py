@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle import full_precision_weights, read_base_tensors
-from ..bundle.core import build
-from ..bundle.format import FORMAT_VERSION, parse
+from ..bundle.core import build_into
+from ..bundle.format import FORMAT_VERSION, parse_file
 from ..bundle.keys import key_id, load_private_key
 from ..config import from_mapping, load_section
 from ..errors import LoragenError
@@ -522,11 +522,13 @@ class Specializer:
         out = []
         for bid, task, art, kind in items:
             try:
-                raw = build(art.meta, adapters[task], kind, base=art.base if kind == "merged" else None,
-                            private_key=self.key, generator_id=self.generator_id, task=task,
-                            full_precision=art.full_precision)
-                out.append(self.store.put(bid, raw, {"manifest": parse(raw).manifest, "artifact": art.name,
-                                                     "fingerprint": art.fingerprint}))
+                def write(f, art=art, task=task, kind=kind):  # streamed to the store, one tensor at a time
+                    build_into(f, art.meta, adapters[task], kind, base=art.base if kind == "merged" else None,
+                               private_key=self.key, generator_id=self.generator_id, task=task,
+                               full_precision=art.full_precision)
+
+                out.append(self.store.put(bid, write, lambda path, art=art: {
+                    "manifest": parse_file(path).manifest, "artifact": art.name, "fingerprint": art.fingerprint}))
                 self.metrics.bundles_built.inc()
             except Exception as e:  # noqa: BLE001 - this item's waiters get a 500, the others their bundles
                 log.exception("building bundle %s failed", bid)

@@ -7,11 +7,12 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from ..fsutil import atomic_file, clean_stale_temporaries
+from ..fsutil import atomic_file, clean_stale_temporaries, temp_prefix
 
 log = logging.getLogger("loragen.serve")
 
@@ -136,26 +137,52 @@ class BundleStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def put(self, bid: str, raw: bytes, info: dict) -> dict:
-        """Store a bundle; OSError (a full disk: ENOSPC) leaves nothing of it behind."""
+    def put(self, bid: str, content, info) -> dict:
+        """Store a bundle; OSError (a full disk: ENOSPC) leaves nothing of it behind.
+
+        ``content``: the bundle's bytes, or ``write(f)``, which writes it to the binary file ``f``
+        (a multi-GB bundle is then streamed to disk, never held; it is written outside the store's
+        lock and renamed into place under it). ``info``: the record's fields, or a function of the
+        written file's path that returns them."""
         data, rec = self._paths(bid)
-        info = {**info, "id": bid, "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-        with self._lock:
-            existing = self.get(bid)
-            if existing is not None:
-                return existing
-            try:
-                with atomic_file(data, overwrite=True) as tmp:
-                    self._write(tmp, raw)
-                with atomic_file(rec, overwrite=True) as tmp:
-                    self._write(tmp, json.dumps(info, sort_keys=True).encode())
-            except BaseException:
-                rec.unlink(missing_ok=True)
-                data.unlink(missing_ok=True)
-                raise
-            self._verified[bid] = self._signature(data.stat())
-            self._evict(keep=bid)
-        return info
+        staged = self._stage(data, content)
+        try:
+            info = {**(info(staged) if callable(info) else info), "id": bid, "size": staged.stat().st_size,
+                    "sha256": file_sha256(staged)}
+            with self._lock:
+                existing = self.get(bid)
+                if existing is not None:
+                    return existing
+                try:
+                    os.replace(staged, data)
+                    with atomic_file(rec, overwrite=True) as tmp:
+                        self._write(tmp, json.dumps(info, sort_keys=True).encode())
+                except BaseException:
+                    rec.unlink(missing_ok=True)
+                    data.unlink(missing_ok=True)
+                    raise
+                self._verified[bid] = self._signature(data.stat())
+                self._evict(keep=bid)
+            return info
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _stage(self, data: Path, content) -> Path:
+        """A temporary file beside ``data`` holding ``content`` (bytes or a writer), synced to disk."""
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(data), dir=self.root)
+        staged = Path(name)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                if callable(content):
+                    content(f)
+                else:
+                    f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
 
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.json") if valid_id(p.stem))
