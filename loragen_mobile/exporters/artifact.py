@@ -51,6 +51,13 @@ def sha256_bytes(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
+def read_range(path: Path, offset: int, n: int) -> bytes:
+    """Bytes [offset, offset + n) of a file (fewer at its end), without reading the rest."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(n)
+
+
 def sha256_file(path: Path, skip: Iterable[tuple[int, int]] = ()) -> str:
     """sha256 of a file's bytes, with the byte ranges ``(offset, length)`` in ``skip`` left out."""
     h = hashlib.sha256()

@@ -37,7 +37,7 @@ import torch
 
 from .. import quant
 from ..errors import LoragenError
-from .artifact import Artifact, SwapSlot, dtype_name, slot_corrupt, tensor_bytes
+from .artifact import Artifact, SwapSlot, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import StaticCacheLM
 from .pipeline import ExportJob, Exporter, graph_name
 from .runner import Runner
@@ -219,8 +219,7 @@ class ExecuTorchExporter(Exporter):
         keys_of: dict[str, set[str]] = {}
         for n, p in job.params.items():
             keys_of.setdefault(hashlib.sha256(tensor_bytes(p.detach())).hexdigest(), set()).add(n)
-        blob = (job.out / DATA).read_bytes()
-        slots = []
+            slots = []
         for n in job.swap_names:
             t = job.params[n].detach()
             raw = tensor_bytes(t)
@@ -233,7 +232,7 @@ class ExecuTorchExporter(Exporter):
                 raise LoragenError(f"{n} was not stored under its content key in {DATA} "
                                    f"(was it delegated to XNNPACK?)")
             off, size = ranges[key]
-            if size != len(raw) or blob[off:off + size] != raw:
+            if size != len(raw) or read_range(job.out / DATA, off, size) != raw:
                 raise LoragenError(f"{DATA}: the data under {n}'s key is not its bytes")
             slots.append(SwapSlot.of(n, t, DATA, key=key, offset=off))
         return slots
@@ -362,7 +361,6 @@ def _locate_parts(job: ExportJob) -> list[SwapSlot]:
     XNNPACK stores byte-identical data once: two tensors whose stored bytes coincide share one entry,
     which a swap of one would silently change for both. Such an export is refused (code ``model``)."""
     ranges = _ptd_ranges(job.out / DATA)
-    blob = (job.out / DATA).read_bytes()
     quantized = set(job.quantized)
     expected = {n: job.expected_parts(n) for n in job.quantized}
     owners: dict[str, list[str]] = {}
@@ -389,7 +387,7 @@ def _locate_parts(job: ExportJob) -> list[SwapSlot]:
                                    f"XNNPACK weights differ from quant.py's rule or were not delegated", code="model")
             off, size = ranges[key]
             raw = tensor_bytes(t)
-            if size != len(raw) or blob[off:off + size] != raw:
+            if size != len(raw) or read_range(job.out / DATA, off, size) != raw:
                 raise LoragenError(f"{DATA}: the data under {name}'s key is not its {job.encoding.id} bytes",
                                    code="model")
             slots.append(SwapSlot.part_of(n, part, job.encoding, t, DATA, key=key, offset=off))

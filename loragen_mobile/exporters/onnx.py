@@ -43,7 +43,7 @@ import torch
 from .. import quant
 from ..errors import LoragenError
 from ..families import family_of
-from .artifact import Artifact, SwapSlot, check_swap, dtype_name, slot_corrupt, tensor_bytes
+from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
 from .pipeline import ExportJob, Exporter, quantizable_linears
 from .runner import Runner
@@ -221,12 +221,12 @@ class ONNXExporter(Exporter):
 
         proto = onnx.load(str(job.out / MODEL), load_external_data=False)
         inits = {i.name: i for i in proto.graph.initializer}
-        blob = (job.out / SWAP).read_bytes()
+        swap_file = job.out / SWAP
         slots = []
         for n in job.swap_names:
             if job.encoding is None:
                 t = job.params[n].detach()
-                off = _stored_at(inits.get(n), blob, t)
+                off = _stored_at(inits.get(n), swap_file, t)
                 if off is None:
                     raise LoragenError(f"initializer {n} is not stored as the parameter "
                                        f"(layout changed); cannot record a swap slot")
@@ -234,7 +234,7 @@ class ONNXExporter(Exporter):
                 continue
             expected, keys = job.expected_parts(n), part_keys(n, job.encoding)
             for part in quant.PARTS:
-                off = _stored_at(inits.get(keys[part]), blob, expected[part])
+                off = _stored_at(inits.get(keys[part]), swap_file, expected[part])
                 if off is None:
                     raise LoragenError(f"onnx: initializer {keys[part]} does not hold the {job.encoding.id} "
                                        f"{part} part of {n} (onnxruntime's quantizer and quant.py disagree)",
@@ -294,14 +294,15 @@ def _dims(cfg):
     return d(cfg)
 
 
-def _stored_at(init, blob: bytes, t: torch.Tensor) -> int | None:
-    """The offset of ``init``'s external data in SWAP (``blob``) if it holds exactly ``t``, else None."""
+def _stored_at(init, swap_file: Path, t: torch.Tensor) -> int | None:
+    """The offset of ``init``'s external data in SWAP (the file ``swap_file``) if it holds exactly
+    ``t``, else None (only that range is read)."""
     if init is None:
         return None
     where = {e.key: e.value for e in init.external_data}
     off, data = int(where.get("offset", 0)), tensor_bytes(t)
     if (where.get("location") != SWAP or list(init.dims) != list(t.shape)
-            or blob[off:off + len(data)] != data or int(where.get("length", -1)) != len(data)):
+            or int(where.get("length", -1)) != len(data) or read_range(swap_file, off, len(data)) != data):
         return None
     return off
 
