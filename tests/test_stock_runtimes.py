@@ -227,6 +227,63 @@ def test_onnxruntime_genai_standard_flow_equals_hf(preset, artifacts, model_dirs
     assert swapped_new != base_new  # the bundle changed the answers
 
 
+@pytest.mark.parametrize("kind", ["merged", "lora"])
+def test_onnxruntime_genai_swaps_a_bundle_into_a_loaded_model(kind, artifacts, model_dirs, tmp_path, capsys):
+    """og's own adapter API swaps a signed bundle (written by `loragen bundle onnx-adapter`) into one
+    loaded og.Model: its greedy tokens equal the PEFT-merged model's with the adapter active, the
+    base model's without. An artifact whose slots are no graph inputs is refused, nothing written."""
+    import onnxruntime_genai as og
+    from peft import PeftModel
+
+    from loragen_mobile import lora
+    from loragen_mobile.bundle import build_bundle, write_bundle
+    from loragen_mobile.bundle.keys import generate_keypair, load_private_key
+    from loragen_mobile.cli import main
+    from loragen_mobile.models import load_model, target_module_names
+
+    art, md = artifacts("onnx", "tiny-llama"), model_dirs["tiny-llama"]
+    base = load_model(md, dtype=torch.float32)
+    ad = lora.random_adapter(base, target_module_names(base), r=8, alpha=16, seed=21, std=0.15)
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    write_bundle(build_bundle(art, ad, kind, private_key=load_private_key(tmp_path / "k.pem")), tmp_path / "b.bundle")
+    out = tmp_path / "task.onnx_adapter"
+    assert main(["bundle", "onnx-adapter", str(tmp_path / "b.bundle"), "--artifact", str(art), "--pubkey",
+                 str(tmp_path / "k.pub"), "--out", str(out)]) == 0
+    lora.save_peft_adapter(ad, tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(load_model(md, dtype=torch.float32), str(tmp_path / "adapter")).merge_and_unload()
+
+    model = og.Model(str(art))
+    adapters = og.Adapters(model)
+    adapters.load(str(out), "task")
+
+    def og_tokens(ids, active):
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + OG_MAX_NEW)
+        gen = og.Generator(model, params)
+        if active:
+            gen.set_active_adapter(adapters, "task")
+        gen.append_tokens(ids)
+        new = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            new.append(int(gen.get_next_tokens()[0]))
+        return new
+
+    def hf_tokens(m, ids):  # og stops after EOS (2, genai_config.json): so does transformers here
+        return m.generate(torch.tensor([ids]), max_new_tokens=OG_MAX_NEW, do_sample=False, eos_token_id=2,
+                          pad_token_id=0)[0, len(ids):].tolist()
+
+    for ids in ([1, 84, 114, 97, 110, 115], [1, 5, 9, 13, 200, 31]):
+        swapped, plain = og_tokens(ids, True), og_tokens(ids, False)
+        assert swapped == hf_tokens(merged, ids) and plain == hf_tokens(base, ids) and swapped != plain, ids
+    et = artifacts("executorch", "tiny-llama")
+    capsys.readouterr()
+    assert main(["bundle", "onnx-adapter", str(tmp_path / "b.bundle"), "--artifact", str(et), "--pubkey",
+                 str(tmp_path / "k.pub"), "--out", str(tmp_path / "x.onnx_adapter")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: backend:" in err[0] and not (tmp_path / "x.onnx_adapter").exists()
+
+
 def test_onnxruntime_genai_standard_flow_stops_at_eos(edge_artifacts):
     """The shipped trained edge model: og's flow gives HF's answers and ends with </s> like HF."""
     from conftest import EDGE_ASSET

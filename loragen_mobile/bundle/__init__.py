@@ -31,7 +31,7 @@ from .keys import load_private_key
 
 __all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
            "full_precision_weights",
-           "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle"]
+           "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle", "write_onnx_adapter"]
 
 
 def read_base_tensors(artifact) -> LazyTensors:
@@ -135,6 +135,38 @@ def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: 
     art = as_artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
     return get_exporter(art.backend).apply_swap(art, bundle_swap(vb, art), out)
+
+
+def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signature: bool = True) -> Path:
+    """Verify a bundle, then write its swap as an onnxruntime adapter file (``.onnx_adapter``,
+    ``onnxruntime.AdapterFormat``) for an ONNX artifact whose swap slots are graph inputs: the
+    tensors keyed by the slots' input names (a lora bundle merged on the host). onnxruntime-genai
+    swaps it into a loaded model with ``og.Adapters.load`` + ``Generator.set_active_adapter``;
+    onnxruntime with ``RunOptions.add_active_adapter``. Written atomically to ``out``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..exporters import check_swap
+
+    refuse_existing(out)
+    art = as_artifact(artifact_dir)
+    if art.backend != "onnx" or not art.meta.get("swap_inputs"):
+        raise BundleError(f"{art.path} is not an ONNX artifact whose swap slots are graph inputs (an unquantized "
+                          "ONNX export of this version has them)", code="backend")
+    vb = verify_bundle(bundle, art, public_key, require_signature)
+    swap = check_swap(art, bundle_swap(vb, art, mapped=True))
+    slots = art.slot_map
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    # the OrtValues (and the arrays under them) must outlive export_adapter: set_parameters keeps
+    # only the native values, which do not own the memory
+    values = {slots[n].key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(swap[n].numpy())) for n in swap}
+    adapter.set_parameters(values)
+    with atomic_file(out) as tmp:
+        adapter.export_adapter(str(tmp))
+    del values
+    return Path(out)
 
 
 def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):

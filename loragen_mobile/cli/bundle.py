@@ -57,6 +57,16 @@ def register(sub):
     a.add_argument("--out", required=True, help="new specialized artifact directory (must not exist)")
     a.set_defaults(func=run_apply)
 
+    o = bs.add_parser("onnx-adapter", help="write a verified bundle as an .onnx_adapter file, which onnxruntime-genai "
+                      "swaps into a loaded model (og.Adapters)")
+    o.add_argument("bundle")
+    o.add_argument("--artifact", required=True, help="an unquantized ONNX artifact (its swap slots are graph inputs)")
+    o.add_argument("--pubkey", help="Ed25519 public key (PEM)")
+    o.add_argument("--allow-unsigned", action="store_true",
+                   help="also accept an unsigned bundle (a signed bundle is always verified and needs --pubkey)")
+    o.add_argument("--out", required=True, help="adapter file to write (must not exist)")
+    o.set_defaults(func=run_onnx_adapter)
+
 
 def run_keygen(args):
     from ..bundle.keys import generate_keypair
@@ -97,3 +107,10 @@ def run_apply(args):
 
     apply_bundle(args.bundle, args.artifact, args.out, _pub(args), require_signature=not args.allow_unsigned)
     print(f"wrote specialized artifact {args.out}")
+
+
+def run_onnx_adapter(args):
+    from ..bundle import write_onnx_adapter
+
+    out = write_onnx_adapter(args.bundle, args.artifact, args.out, _pub(args), require_signature=not args.allow_unsigned)
+    print(f"wrote {out} ({out.stat().st_size} bytes): og.Adapters.load(path, name), then Generator.set_active_adapter")
