@@ -146,14 +146,17 @@ def edge_artifacts(workdir):
 
 # ------------------------------------------------------------------ shared runtime helpers
 
-def og_greedy(model_path, ids: list[int], max_new: int) -> list[int]:
-    """onnxruntime-genai's own generation loop, greedy: the new token ids (EOS included if reached)."""
+def og_greedy(model_path, ids: list[int], max_new: int, model=None, adapters=None, adapter: str | None = None) -> list[int]:
+    """onnxruntime-genai's own generation loop, greedy: the new token ids (EOS included if reached).
+    ``model``: an og.Model already loaded; ``adapter``: the name of an adapter in ``adapters`` to activate."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(model_path))
+    model = model if model is not None else og.Model(str(model_path))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + max_new)
     gen = og.Generator(model, params)
+    if adapter is not None:
+        gen.set_active_adapter(adapters, adapter)
     gen.append_tokens(ids)
     new = []
     while not gen.is_done():

@@ -257,17 +257,7 @@ def test_onnxruntime_genai_swaps_a_bundle_into_a_loaded_model(kind, artifacts, m
     adapters.load(str(out), "task")
 
     def og_tokens(ids, active):
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + OG_MAX_NEW)
-        gen = og.Generator(model, params)
-        if active:
-            gen.set_active_adapter(adapters, "task")
-        gen.append_tokens(ids)
-        new = []
-        while not gen.is_done():
-            gen.generate_next_token()
-            new.append(int(gen.get_next_tokens()[0]))
-        return new
+        return og_greedy(art, ids, OG_MAX_NEW, model=model, adapters=adapters, adapter="task" if active else None)
 
     def hf_tokens(m, ids):  # og stops after EOS (2, genai_config.json): so does transformers here
         return m.generate(torch.tensor([ids]), max_new_tokens=OG_MAX_NEW, do_sample=False, eos_token_id=2,
