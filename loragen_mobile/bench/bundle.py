@@ -46,7 +46,6 @@ def run(args) -> dict:
     if not (work / "keys" / "bench.pem").exists():
         generate_keypair(work / "keys" / "bench.pem", work / "keys" / "bench.pub")
     key, pub = load_private_key(work / "keys" / "bench.pem"), load_public_key(work / "keys" / "bench.pub")
-    keys_pub = pub
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     result = {"bench": "bundle", "rank": args.rank, "machine": machine_info(), "results": {}}
@@ -89,7 +88,7 @@ def run(args) -> dict:
                 raw = path.read_bytes()
                 entry[kind]["build"] = time_call(lambda: build_bundle(art, adapter, kind, private_key=key), args.repeats)
                 entry[kind]["verify"] = time_call(lambda: verify_bundle(raw, art, pub), args.repeats)
-            vb = verify_bundle(path, art, keys_pub)
+            vb = verify_bundle(path, art, pub)
 
             def swap_load():
                 r = exp.open_runner(art, swap=bundle_swap(vb, art))

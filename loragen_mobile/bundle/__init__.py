@@ -143,10 +143,10 @@ def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signa
     tensors keyed by the slots' input names (a lora bundle merged on the host). onnxruntime-genai
     swaps it into a loaded model with ``og.Adapters.load`` + ``Generator.set_active_adapter``;
     onnxruntime with ``RunOptions.add_active_adapter``. Written atomically to ``out``."""
-    import numpy as np
     import onnxruntime as ort
 
     from ..exporters import check_swap
+    from ..exporters.onnx import slot_ort_values
 
     refuse_existing(out)
     art = as_artifact(artifact_dir)
@@ -154,14 +154,12 @@ def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signa
         raise BundleError(f"{art.path} is not an ONNX artifact whose swap slots are graph inputs (an unquantized "
                           "ONNX export of this version has them)", code="backend")
     vb = verify_bundle(bundle, art, public_key, require_signature)
-    swap = check_swap(art, bundle_swap(vb, art, mapped=True))
-    slots = art.slot_map
     adapter = ort.AdapterFormat()
     adapter.set_adapter_version(1)
     adapter.set_model_version(1)
     # the OrtValues (and the arrays under them) must outlive export_adapter: set_parameters keeps
     # only the native values, which do not own the memory
-    values = {slots[n].key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(swap[n].numpy())) for n in swap}
+    values = slot_ort_values(art, check_swap(art, bundle_swap(vb, art, mapped=True)))
     adapter.set_parameters(values)
     with atomic_file(out) as tmp:
         adapter.export_adapter(str(tmp))

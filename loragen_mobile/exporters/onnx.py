@@ -75,6 +75,16 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     return ins, outs
 
 
+def slot_ort_values(artifact: Artifact, swap) -> dict[str, object]:
+    """Slot key (the initializer / graph input name) -> onnxruntime OrtValue over each tensor of
+    ``swap``, read one at a time. Each OrtValue keeps its array alive; a caller that hands the
+    values to onnxruntime keeps them for as long as onnxruntime uses them."""
+    import onnxruntime as ort
+
+    slots = artifact.slot_map
+    return {slots[n].key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(swap[n].numpy())) for n in swap}
+
+
 class ONNXRunner(Runner):
     def __init__(self, artifact: Artifact, swap: dict[str, torch.Tensor], providers=None):
         super().__init__(artifact)
@@ -85,15 +95,11 @@ class ONNXRunner(Runner):
         self.np_dtype = _NP[m["kv_dtype"]]
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        self._keep = []  # arrays must outlive the session
         self._fed: dict[str, object] = {}  # swap slot key -> OrtValue fed with every run
         self.swaps_in_place = bool(m.get("swap_inputs"))
         if swap and not self.swaps_in_place:  # slots that are no graph inputs: initializers replaced at load
-            names, values = [], []
-            for name, v in self._ort_values(swap).items():
-                names.append(name)
-                values.append(v)
-            so.add_external_initializers(names, values)
+            self._overrides = slot_ort_values(artifact, swap)  # must outlive the session
+            so.add_external_initializers(list(self._overrides), list(self._overrides.values()))
         try:
             self.session = ort.InferenceSession(str(artifact.file(MODEL)), so,
                                                 providers=providers or ["CPUExecutionProvider"])
@@ -104,18 +110,6 @@ class ONNXRunner(Runner):
         if swap and self.swaps_in_place:
             self.swap(swap)
 
-    def _ort_values(self, swap) -> dict[str, object]:
-        """Slot key -> OrtValue over the swap's tensors, read one at a time (the arrays are kept)."""
-        import onnxruntime as ort
-
-        slots = self.artifact.slot_map
-        out = {}
-        for name in swap:
-            a = np.ascontiguousarray(swap[name].numpy())
-            self._keep.append(a)
-            out[slots[name].key] = ort.OrtValue.ortvalue_from_numpy(a)
-        return out
-
     def swap(self, tensors) -> None:
         """The swap slots are optional graph inputs (initializers that are also inputs): a swap is
         what each run feeds them, so the loaded session is kept (docs/exporters.md). The previous
@@ -124,12 +118,9 @@ class ONNXRunner(Runner):
         if not self.swaps_in_place:
             super().swap(tensors)
         tensors = check_swap(self.artifact, tensors)
-        self._keep, self._fed = [], {}
+        self._fed = {}
         try:
-            self._fed = self._ort_values(tensors)
-        except BaseException:
-            self._keep = []
-            raise
+            self._fed = slot_ort_values(self.artifact, tensors)
         finally:
             self.reset()
 
