@@ -42,8 +42,8 @@ from ..fsutil import atomic_dir
 from ..lazy import mapped_tensor
 from ..lora import load_peft_adapter
 from ..models import load_model, target_module_names
-from .artifact import (Artifact, LazyTensors, SwapSlot, as_artifact, check_swap, read_artifact, sha256_bytes,
-    sha256_file, slot_corrupt, tensor_bytes, write_artifact_json)
+from .artifact import (Artifact, LazyTensors, SwapSlot, as_artifact, check_swap, read_artifact, read_range,
+    sha256_bytes, sha256_file, slot_corrupt, tensor_bytes, write_artifact_json)
 from .metadata import common_meta, copy_tokenizer
 from .runner import Runner
 from .validation import (THRESHOLDS, ValidationReport, check_fingerprint, check_identity, check_logits,
@@ -314,9 +314,7 @@ class Exporter:
             s = by_name[name]
             if mapped:
                 return mapped_tensor(art.path / s.file, offsets[name], s.dtype, s.shape)
-            with open(art.path / s.file, "rb") as f:
-                f.seek(offsets[name])
-                return s.tensor(_as_recorded(art.path, s, f.read(s.nbytes)))
+            return s.tensor(_as_recorded(art.path, s, read_range(art.path / s.file, offsets[name], s.nbytes)))
 
         return LazyTensors([s.name for s in art.slots], get)
 
