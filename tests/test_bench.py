@@ -7,7 +7,7 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from loragen_mobile.bench.all import _render_bundle
+from loragen_mobile.bench.all import _render_bundle, _render_peers
 from loragen_mobile.bundle import build_bundle
 from loragen_mobile.cli import main
 from loragen_mobile.lora import random_adapter
@@ -52,3 +52,39 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
     assert _digest(art) == before
     table = "\n".join(_render_bundle({"results": {"tiny-llama": {"onnx": e}}}))
     assert "| tiny-llama / onnx |" in table and "`bundle apply merged`" in table
+
+
+def test_peers_bench_runs_ours_and_the_model_builders_through_og(artifacts, model_dirs, tmp_path):
+    """`loragen bench peers` (ONNX, fp32) on the shared tiny artifact and onnxruntime-genai's model
+    builder output of the same model: both, run by onnxruntime-genai in their own processes, give
+    transformers' greedy tokens, and the ratios are ours over the peer's figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loragen_mobile.bench import dir_bytes
+
+    art = artifacts("onnx", "tiny-llama")
+    before = _digest(art)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
+    (work / "ours-onnx-fp32").symlink_to(art)
+    out = tmp_path / "peers.json"
+    assert main(["bench", "peers", "--backends", "onnx", "--precisions", "fp32", "--prompt-tokens", "12",
+                 "--decode-tokens", "6", "--repeats", "1", "--max-context", "32", "--work-dir", str(work),
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    row = r["results"]["onnx/fp32"]
+    prompt = r["prompt_ids"]
+    assert 0 < len(prompt) <= 12
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["tiny-llama"], dtype=torch.float32)
+    hf = model.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)[0, len(prompt):]
+    assert row["ours"]["tokens"] == row["peer"]["tokens"] == hf.tolist()
+    assert row["same_tokens"] is True
+    assert row["peer"]["tool"] == "og-builder" and (work / "og-builder-fp32" / "genai_config.json").exists()
+    assert row["ours"]["artifact_bytes"] == dir_bytes(art)
+    assert row["peer"]["artifact_bytes"] == dir_bytes(work / "og-builder-fp32")
+    assert row["peer"]["export_peak_rss_bytes"] > 50 * 2**20 and "export_s" not in row["ours"]  # ours reused
+    assert row["ratios"]["decode_tokens_per_s"] == row["ours"]["decode_tokens_per_s"] / row["peer"]["decode_tokens_per_s"]
+    assert _digest(art) == before
+    assert "| onnx/fp32 | og-builder |" in "\n".join(_render_peers(r))

@@ -20,6 +20,7 @@ BENCHES = {
     "quant": "quant",
     "speedup": "speedup",
     "serve": "serve",
+    "peers": "peers",
     "cli": "cli",
     "all": "all",
 }
@@ -50,26 +51,27 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs), "runs_s": secs}
 
 
-# runs the CLI, then writes this process's peak RSS (VmHWM: the high-water mark of its own memory
-# map, which an exec starts afresh) to the file named by the environment; the kernel's ru_maxrss of
-# a child would include the benchmark's own memory at the fork
-_PEAK_CLI = """
-import atexit, os, sys
+# runs a module as __main__ (default: the CLI), then writes this process's peak RSS (VmHWM: the
+# high-water mark of its own memory map, which an exec starts afresh) to the file named by the
+# environment; the kernel's ru_maxrss of a child would include the benchmark's own memory at the fork
+_PEAK_CHILD = """
+import atexit, os, runpy, sys
 def _peak():
     with open("/proc/self/status") as f:
         kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
     with open(os.environ["LORAGEN_BENCH_PEAK_FILE"], "w") as f:
         f.write(kb)
 atexit.register(_peak)
-sys.argv = ["loragen", *sys.argv[1:]]
-from loragen_mobile.cli import main
-sys.exit(main())
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def run_child(args: list[str], what: str) -> dict:
-    """``loragen ARGS`` in a child process: its wall seconds and peak RSS in bytes (the child's own
-    high-water mark). A failure raises with the child's last stderr line."""
+def run_child(args: list[str], what: str, module: str = "loragen_mobile", python: str | None = None) -> dict:
+    """``python -m MODULE ARGS`` in a child process (default: ``loragen ARGS`` with this interpreter):
+    its wall seconds and peak RSS in bytes (the child's own high-water mark). A failure raises with
+    the child's last stderr line."""
     import subprocess
     import sys
     import tempfile
@@ -79,13 +81,27 @@ def run_child(args: list[str], what: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="loragen-bench-") as d:
         peak_file = Path(d) / "peak"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _PEAK_CLI, *args], stdout=subprocess.DEVNULL,
+        proc = subprocess.run([python or sys.executable, "-c", _PEAK_CHILD, module, *args], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, env={**os.environ, "LORAGEN_BENCH_PEAK_FILE": str(peak_file)})
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise LoragenError(f"{what} failed: {err[-1] if err else f'exit status {proc.returncode}'}")
         return {"s": secs, "peak_rss_bytes": int(peak_file.read_text()) * 1024}
+
+
+def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int) -> dict:
+    """`loragen export` in a child process: seconds and the child's peak RSS (bytes). A child also keeps
+    the benchmark's process clean: after an in-process torch.export of the Llama wrapper, eager
+    transformers forwards in the same process were ~150x slower (seen with torch 2.13)."""
+    r = run_child(["export", "--backend", backend, "--model", str(model_dir), "--out", str(out), "--max-context",
+                   str(max_context), "--no-progress"] + (["--quantize", scheme] if scheme else []),
+                  f"export {backend} {scheme or 'unquantized'}")
+    return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def write_json(result: dict, out: str | os.PathLike) -> Path:

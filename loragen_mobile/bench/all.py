@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import BENCHES
 
-ORDER = ("merge", "runtime", "bundle", "quant", "speedup", "serve", "cli")
+ORDER = ("merge", "runtime", "bundle", "quant", "speedup", "peers", "serve", "cli")
 
 
 def add_arguments(p):
@@ -148,6 +148,33 @@ def _render_quant(r):
                    "merged bundle", "lora bundle"], rows)
 
 
+def _render_peers(r):
+    def f(e, k, fmt, scale=1.0):
+        return fmt.format(e[k] * scale) if e.get(k) is not None else "-"
+
+    rows = []
+    for key, row in r["results"].items():
+        if "error" in row:
+            rows.append([key, "failed: " + row["error"].replace("|", "/")] + [""] * 7)
+            continue
+        o, p, x = row["ours"], row["peer"], row["ratios"]
+        rows.append([key, p["tool"],
+                     f"{f(o, 'decode_tokens_per_s', '{:.2f}')} / {f(p, 'decode_tokens_per_s', '{:.2f}')} "
+                     f"({f(x, 'decode_tokens_per_s', '{:.2f}x')})",
+                     f"{f(o, 'prefill_ms', '{:.0f}')} / {f(p, 'prefill_ms', '{:.0f}')} ms",
+                     f"{f(o, 'load_s', '{:.2f}')} / {f(p, 'load_s', '{:.2f}')} s",
+                     f"{f(o, 'artifact_bytes', '{:.0f}', 1e-6)} / {f(p, 'artifact_bytes', '{:.0f}', 1e-6)} MB",
+                     f"{f(o, 'export_s', '{:.0f}')} / {f(p, 'export_s', '{:.0f}')} s",
+                     f"{f(o, 'export_peak_rss_bytes', '{:.1f}', 2**-30)} / "
+                     f"{f(p, 'export_peak_rss_bytes', '{:.1f}', 2**-30)} GiB",
+                     "yes" if row["same_tokens"] else "no"])
+    return [f"{r['preset']}: ours / the peer's, each run by the same stock runtime (onnxruntime-genai; "
+            f"ExecuTorch's TextLLMRunner) in a fresh process; prompt {r['prompt_tokens']} tokens, "
+            f"{r['decode_tokens']} new tokens, medians of {r['repeats']}", ""] + _table(
+        ["backend / precision", "peer", "decode tokens/s (ours/peer)", "prefill", "load", "artifact",
+         "export", "export peak RSS", "same greedy tokens"], rows)
+
+
 def _render_json(r):
     import json
 
@@ -155,4 +182,4 @@ def _render_json(r):
 
 
 RENDER = {"merge": _render_merge, "runtime": _render_runtime, "bundle": _render_bundle, "quant": _render_quant,
-          "speedup": _render_speedup, "serve": _render_serve, "cli": _render_cli}
+          "speedup": _render_speedup, "peers": _render_peers, "serve": _render_serve, "cli": _render_cli}

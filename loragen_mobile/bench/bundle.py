@@ -39,7 +39,7 @@ def run(args) -> dict:
     from ..exporters import get_exporter
     from ..lora import random_adapter
     from ..models import build_model, init_model_dir, target_module_names
-    from . import machine_info, time_call, write_json
+    from . import dir_bytes, machine_info, time_call, write_json
 
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def run(args) -> dict:
         else:
             adapter = random_adapter(model, target_module_names(model), r=args.rank, alpha=args.rank, seed=0)
         exp = get_exporter(backend)
-        entry = {"artifact_bytes": sum(f.stat().st_size for f in art.rglob("*") if f.is_file()),
+        entry = {"artifact_bytes": dir_bytes(art),
                  "steps": _cli_steps(work, art, adapter, f"{backend}-{preset}")}
         repeats = 1 if big else args.repeats
         loaded = exp.open_runner(art)

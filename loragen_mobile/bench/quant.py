@@ -26,16 +26,6 @@ def add_arguments(p):
     p.add_argument("--out", default="bench-out/quant.json")
 
 
-def _export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int) -> dict:
-    """`loragen export` in a child process: seconds and the child's peak RSS (bytes)."""
-    from . import run_child
-
-    r = run_child(["export", "--backend", backend, "--model", str(model_dir), "--out", str(out), "--max-context",
-                   str(max_context), "--no-progress"] + (["--quantize", scheme] if scheme else []),
-                  f"export {backend} {scheme or 'unquantized'}")
-    return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
-
-
 def run(args) -> dict:
     import tempfile
 
@@ -47,7 +37,7 @@ def run(args) -> dict:
     from ..exporters import get_exporter, read_artifact
     from ..lora import LoraAdapter
     from ..models import init_model_dir
-    from . import machine_info, write_json
+    from . import dir_bytes, export_child, machine_info, write_json
 
     key = Ed25519PrivateKey.generate()
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
@@ -65,9 +55,9 @@ def run(args) -> dict:
         if not model_dir.exists():
             init_model_dir(preset, model_dir, dtype=torch.float16 if big else torch.float32)
         art_dir = work / f"{backend}-{preset}-{scheme or 'unquantized'}"
-        entry = {} if art_dir.exists() else _export_child(model_dir, art_dir, backend, scheme, args.max_context)
+        entry = {} if art_dir.exists() else export_child(model_dir, art_dir, backend, scheme, args.max_context)
         art = read_artifact(art_dir)
-        entry["artifact_bytes"] = sum(f.stat().st_size for f in art_dir.rglob("*") if f.is_file())
+        entry["artifact_bytes"] = dir_bytes(art_dir)
         enc = art.meta.get("weight_encoding")
         if enc:
             entry["quantized_weights"] = {"stored_bytes": enc["stored_bytes"], "fp32_bytes": enc["fp32_bytes"],

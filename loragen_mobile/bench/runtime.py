@@ -111,26 +111,10 @@ def _plot(results, png: Path) -> None:
     plt.close(fig)
 
 
-def _export_in_child(backend: str, model_dir: Path, out: Path, max_context: int, extra: tuple = ()) -> None:
-    # Exports run in a child process: after an in-process torch.export of the Llama wrapper, eager
-    # transformers Llama forwards in the same process were ~150x slower (seen with torch 2.13),
-    # which would distort the eager baseline.
-    import subprocess
-    import sys
-
-    from ..errors import LoragenError
-
-    cmd = [sys.executable, "-m", "loragen_mobile", "export", "--backend", backend, "--model", str(model_dir),
-           "--out", str(out), "--max-context", str(max_context), "--no-progress", *map(str, extra)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
-        raise LoragenError(f"export of {model_dir} to {backend} failed: {tail}")
-
-
 def run(args) -> dict:
     from ..errors import LoragenError
     from ..models import init_model_dir
+    from . import export_child
 
     if args.prompt_tokens < 1 or args.decode_tokens < 1 or args.repeats < 1:
         raise LoragenError("--prompt-tokens, --decode-tokens and --repeats must be positive")
@@ -155,7 +139,7 @@ def run(args) -> dict:
             if not arts:
                 for b in backends:
                     a = Path(tmp) / f"{name}-{b}"
-                    _export_in_child(b, model_dir, a, args.max_context)
+                    export_child(model_dir, a, b, None, args.max_context)
                     arts.append(a)
             results[name] = bench_model(model_dir, arts, args.prompt_tokens, args.decode_tokens, args.repeats)
     report = {"benchmark": "runtime", "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,

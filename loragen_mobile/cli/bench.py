@@ -12,6 +12,7 @@ EXAMPLES = """
   loragen bench bundle --presets tiny-llama --backends executorch,onnx
   loragen bench speedup --out bench-out/speedup.json
   loragen bench serve --concurrency 1,8,32 --out bench-out/serve.json
+  loragen bench peers --backends onnx   # ours vs onnxruntime-genai's model builder (optimum-executorch: executorch)
   loragen bench cli --out bench-out/cli.json     # loragen --help start-up time
   loragen bench all --report docs/results.md        # every benchmark, one markdown report
 """
