@@ -201,3 +201,35 @@ def test_locate_slots_refuses_bytes_off_the_rule(quant_artifacts, model_dirs):
     with pytest.raises(LoragenError, match=f"does not hold the ort-int4-b32 scale part of {names[3]}") as e:
         exp.locate_slots(job(nudged))
     assert e.value.code == "model"
+
+
+def test_int8_activation_scheme(quant_artifacts, model_dirs):
+    """``8da4w-b32``: the same stored bytes as ``int4-b32``, every MatMulNBits at accuracy_level 4;
+    onnxruntime and onnxruntime-genai compute what the eager model computes with the stored weights
+    and int8 block-quantized inputs (ort_qd8), and not what it computes with fp32 inputs."""
+    import onnx
+
+    exp = get_exporter("onnx")
+    art = read_artifact(quant_artifacts("onnx", "tiny-llama", "8da4w-b32"))
+    base = read_artifact(quant_artifacts("onnx", "tiny-llama", "int4-b32"))
+    for f in ("model.onnx.data", "swap.onnx.data"):
+        assert (art.path / f).read_bytes() == (base.path / f).read_bytes(), f
+    assert art.meta["weight_encoding"] == base.meta["weight_encoding"]
+    assert art.meta["quantized_op"]["accuracy_level"] == 4
+    nodes = [n for n in onnx.load(str(art.path / MODEL), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert len(nodes) == len(art.meta["weight_encoding"]["params"])
+    assert all({a.name: a.i for a in n.attribute}["accuracy_level"] == 4 for n in nodes)
+
+    rep = exp.validate(art, model_dirs["tiny-llama"])
+    checks = {c.name: c for c in rep.checks}
+    assert rep.ok, rep.summary()
+    same = [c.value for n, c in checks.items() if n.endswith("_logits") and not n.startswith("fp32_")]
+    assert len(same) == 9 and max(same) <= 1e-4, same
+
+    ref = Reference(exp.reference_model(art, load_model(model_dirs["tiny-llama"], dtype=torch.float32)))
+    fp32_inputs = Reference(fake_quantize(load_model(model_dirs["tiny-llama"], dtype=torch.float32), art))
+    want = ref.generate(PROMPT, N_NEW)
+    assert exp.open_runner(art).generate(PROMPT, N_NEW) == og_greedy(art.path, PROMPT, N_NEW) == want
+    near, far = max(_logit_diffs(exp.open_runner(art), ref, PROMPT)), max(_logit_diffs(exp.open_runner(art), fp32_inputs, PROMPT))
+    assert near <= 1e-4 and far > 100 * near, (near, far)

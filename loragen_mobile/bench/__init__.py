@@ -90,12 +90,13 @@ def run_child(args: list[str], what: str, module: str = "loragen_mobile", python
         return {"s": secs, "peak_rss_bytes": int(peak_file.read_text()) * 1024}
 
 
-def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int) -> dict:
+def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int,
+                 extra: tuple = ()) -> dict:
     """`loragen export` in a child process: seconds and the child's peak RSS (bytes). A child also keeps
     the benchmark's process clean: after an in-process torch.export of the Llama wrapper, eager
     transformers forwards in the same process were ~150x slower (seen with torch 2.13)."""
     r = run_child(["export", "--backend", backend, "--model", str(model_dir), "--out", str(out), "--max-context",
-                   str(max_context), "--no-progress"] + (["--quantize", scheme] if scheme else []),
+                   str(max_context), "--no-progress", *map(str, extra)] + (["--quantize", scheme] if scheme else []),
                   f"export {backend} {scheme or 'unquantized'}")
     return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
 

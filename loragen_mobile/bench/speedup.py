@@ -75,8 +75,7 @@ def run(args) -> dict:
 
     from ..errors import LoragenError
     from ..exporters import get_exporter
-    from . import machine_info, write_json
-    from .runtime import _export_in_child
+    from . import export_child, machine_info, write_json
 
     prompts = sorted({int(x) for x in args.prompt_tokens.split(",") if x.strip()})
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -95,10 +94,11 @@ def run(args) -> dict:
         bar = tqdm(total=len(backends) * (2 + len(prompts)), desc="speedup bench", unit="step")
         for b in backends:
             bar.set_postfix_str(f"{b}: export prompt + unmerged LoRA")
-            _export_in_child(b, base, root / f"{b}-lora", ctx, ("--unmerged-adapter", adapter))
+            exports = {"conventional": export_child(base, root / f"{b}-lora", b, None, ctx,
+                                                    ("--unmerged-adapter", adapter))}
             bar.update()
             bar.set_postfix_str(f"{b}: export merged")
-            _export_in_child(b, merged, root / f"{b}-merged", ctx)
+            exports["loragen"] = export_child(merged, root / f"{b}-merged", b, None, ctx)
             bar.update()
             conv = get_exporter(b).open_runner(root / f"{b}-lora")
             ours = get_exporter(b).open_runner(root / f"{b}-merged")
@@ -116,6 +116,8 @@ def run(args) -> dict:
                              "compression_ratio": len(prompt) / len(user)})
                 bar.update()
             result["backends"][b] = rows
+            result.setdefault("exports", {})[b] = exports
+            del conv, ours  # one backend's runners at a time (two 1.1B models are 8.8 GB in fp32)
         bar.close()
     out = write_json(result, args.out)
     _plot(result, Path(out).with_suffix(".png"))

@@ -12,7 +12,7 @@ EXAMPLES = """
 #: each backend's quantization schemes, for --help (which must not import the exporters; a test
 #: checks it against the exporters' own tables)
 QUANTIZE_SCHEMES = {"executorch": ("8da4w-g32", "8da4w-g128", "8da8w"),
-                    "onnx": ("int4-b32", "int4-b128", "int8-b128"),
+                    "onnx": ("int4-b32", "int4-b128", "int8-b128", "8da4w-b32"),
                     "coreml": ("int4-b32", "int8")}
 QUANTIZE_HELP = "; ".join(f"{b}: {', '.join(s)}" for b, s in QUANTIZE_SCHEMES.items()) + " (docs/quantization.md)"
 

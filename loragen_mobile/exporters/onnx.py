@@ -25,7 +25,10 @@ Swapping:
 Quantized exports (``quantize=``, one of :attr:`ONNXExporter.schemes`, fp32 only): every linear
 weight (the attention and MLP projections, and ``lm_head`` unless it is tied to the embedding) is
 quantized by onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, no zero points) into a
-``com.microsoft`` ``MatMulNBits`` node computing in fp32 (``accuracy_level`` 1). Each initializer
+``com.microsoft`` ``MatMulNBits`` node. The ``int*`` schemes compute in fp32 (``accuracy_level`` 1);
+``8da4w-b32`` stores the same weights as ``int4-b32`` and quantizes the activations to int8 at run
+time (``accuracy_level`` 4: symmetric, one scale per 32 inputs), onnxruntime-genai's model builder's
+CPU default, several times faster to decode on x86 (docs/results.md, "Peers"). Each initializer
 ``W`` becomes ``W_Q4`` / ``W_Q8`` (uint8 ``[out, in/block, block*bits/8]``) and ``W_scales`` (fp32
 ``[out, in/block]``), exactly :mod:`loragen_mobile.quant`'s ``ort-*`` rule; a swappable weight ``P``
 is the two slots ``P:q`` and ``P:scale`` in ``swap.onnx.data``, the other quantized weights live in
@@ -45,7 +48,7 @@ from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
-from .pipeline import ExportJob, Exporter, quantizable_linears
+from .pipeline import ExportJob, Exporter, fake_quantize, quantizable_linears
 from .runner import Runner
 
 MODEL = "model.onnx"
@@ -59,6 +62,22 @@ _NP = {"float32": np.float32, "float16": np.float16}
 
 #: MatMulNBits ``accuracy_level`` of quantized exports: 1 = fp32 activations and accumulation
 ACCURACY_LEVEL = 1
+#: schemes whose MatMulNBits quantize the activations to int8 (``accuracy_level`` 4)
+INT8_ACTIVATIONS = {"8da4w-b32"}
+
+
+def accuracy_level(scheme: str | None) -> int:
+    return 4 if scheme in INT8_ACTIVATIONS else ACCURACY_LEVEL
+
+
+def ort_qd8(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x`` as MatMulNBits with ``accuracy_level`` 4 quantizes its A input on the CPU: int8,
+    symmetric, one scale (block max / 127) per ``block`` consecutive inputs; dequantized (measured
+    on the tiny test models: logits within 3e-7 of onnxruntime)."""
+    xb = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    scale = xb.abs().amax(-1, keepdim=True) / 127.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (torch.clamp(torch.round(xb / scale), -127, 127) * scale).reshape(x.shape)
 
 
 def part_keys(param: str, enc: quant.Encoding) -> dict[str, str]:
@@ -146,7 +165,8 @@ class ONNXExporter(Exporter):
     name = "onnx"
     fingerprint_files = (MODEL, FOUNDATION)  # the swap slots live in SWAP, outside the fingerprint
     #: MatMulNBits, symmetric: scheme -> encoding of the stored weights (quant.py)
-    schemes = {"int4-b32": "ort-int4-b32", "int4-b128": "ort-int4-b128", "int8-b128": "ort-int8-b128"}
+    schemes = {"int4-b32": "ort-int4-b32", "int4-b128": "ort-int4-b128", "int8-b128": "ort-int8-b128",
+               "8da4w-b32": "ort-int4-b32"}
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         return PastKVLM(job.model, all_logits=job.all_logits).eval()
@@ -177,7 +197,7 @@ class ONNXExporter(Exporter):
             raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
         swap_names = set(job.swap_names)
         if job.encoding is not None:
-            proto = _quantize_graph(proto, job.quantized, job.encoding)
+            proto = _quantize_graph(proto, job.quantized, job.encoding, accuracy_level(job.quantize))
             swap_names = {k for n in job.swap_names for k in part_keys(n, job.encoding).values()}
         with open(job.out / FOUNDATION, "wb") as fnd, open(job.out / SWAP, "wb") as swp:
             for init in proto.graph.initializer:
@@ -254,7 +274,7 @@ class ONNXExporter(Exporter):
                             "open_runner: SessionOptions.add_external_initializers")
                            + f"; apply_swap: rewrite {SWAP} at the slot offsets",
             "swap_inputs": job.encoding is None,
-            **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": ACCURACY_LEVEL,
+            **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": accuracy_level(job.quantize),
                                  "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
                if job.encoding is not None else {}),
         }
@@ -276,6 +296,17 @@ class ONNXExporter(Exporter):
                     or w.get("length") != str(s.nbytes)):
                 raise slot_corrupt(root, s, f"is not the external data of initializer {s.key} in {SWAP}")
         return super().slot_offsets(root, slots)  # the recorded offsets, checked to lie inside the file
+
+    def reference_model(self, art: Artifact, model) -> torch.nn.Module:
+        """The stored weights (:func:`fake_quantize`); with int8 activations, each quantized linear's
+        input also goes through :func:`ort_qd8`, as onnxruntime computes it."""
+        model = fake_quantize(model, art)
+        if art.meta["quantized_op"]["accuracy_level"] == 4:
+            block = quant.get(art.meta["weight_encoding"]["id"]).group
+            for name in art.meta["weight_encoding"]["params"]:
+                model.get_submodule(name[: -len(".weight")]).register_forward_pre_hook(
+                    lambda m, a: (ort_qd8(a[0], block), *a[1:]))
+        return model
 
     def make_runner(self, art: Artifact, swap: dict[str, torch.Tensor]) -> Runner:
         return ONNXRunner(art, swap)
@@ -318,7 +349,7 @@ def _quantizer_class():
     return MatMulNBitsQuantizer
 
 
-def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
+def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
     """``proto`` with the linear weights ``names`` quantized by onnxruntime's MatMulNBitsQuantizer.
 
     The exported graph computes a linear layer as ``MatMul(x, Transpose(W))``; the quantizer only
@@ -359,7 +390,7 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding):
         log.setLevel(logging.WARNING)  # the quantizer logs every node at INFO
     try:
         q = MatMulNBitsQuantizer(proto, bits=enc.bits, block_size=enc.group, is_symmetric=True,
-                                 accuracy_level=ACCURACY_LEVEL)
+                                 accuracy_level=level)
         q.process()
     except Exception as e:
         raise LoragenError(f"onnxruntime's MatMulNBitsQuantizer failed: {str(e).splitlines()[0]}",
