@@ -76,8 +76,11 @@ def _executorch(art: Path, prompt: dict, new: int, repeats: int) -> dict:
         s = generate(new)
         runs.append(((s.prompt_eval_end_ms - s.inference_start_ms) / 1e3,
                      (s.inference_end_ms - s.prompt_eval_end_ms) / 1e3, s.num_generated_tokens))
-    return {"load_s": load_s, "cold_first_token_s": cold, "prompt_tokens": s.num_prompt_tokens,
-            "new_tokens": min(k for _, _, k in runs), "tokens": _et_greedy(art, prompt["ids"], new), **_rates(runs)}
+    res = {"load_s": load_s, "cold_first_token_s": cold, "prompt_tokens": s.num_prompt_tokens,
+           "new_tokens": min(k for _, _, k in runs), **_rates(runs)}
+    runner = s = None  # one loaded program at a time: the process's peak RSS is the runner's
+    stats.clear()
+    return {**res, "tokens": _et_greedy(art, prompt["ids"], new)}
 
 
 def _et_greedy(art: Path, ids: list[int], new: int) -> list[int]:
