@@ -23,16 +23,23 @@ def _digest(d):
     return h.hexdigest()
 
 
+def _work_with(tmp_path, model_dir, art, name):
+    """A benchmark work directory holding the shared tiny model and artifact (links) under the
+    names the benchmark reuses."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model-tiny-llama").symlink_to(model_dir)
+    (work / name).symlink_to(art)
+    return work
+
+
 def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, capsys):
     """`loragen bench bundle` on a shared tiny artifact: every CLI step (build, verify, apply of
     both kinds) ran in its own process with a peak RSS, the bundle sizes are those of bundles
     built here, the artifact is untouched and the applied copies are cleaned up."""
     art = artifacts("onnx", "tiny-llama")
     before = _digest(art)
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
-    (work / "onnx-tiny-llama").symlink_to(art)
+    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "onnx-tiny-llama")
     out = tmp_path / "bundle.json"
     assert main(["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
                  "--artifacts-dir", str(work), "--out", str(out)]) == 0
@@ -65,10 +72,7 @@ def test_peers_bench_runs_ours_and_the_model_builders_through_og(artifacts, mode
 
     art = artifacts("onnx", "tiny-llama")
     before = _digest(art)
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
-    (work / "ours-onnx-fp32").symlink_to(art)
+    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "ours-onnx-fp32")
     out = tmp_path / "peers.json"
     assert main(["bench", "peers", "--backends", "onnx", "--precisions", "fp32", "--prompt-tokens", "12",
                  "--decode-tokens", "6", "--repeats", "1", "--max-context", "32", "--work-dir", str(work),
