@@ -67,6 +67,9 @@ def tool_env(path: Path) -> Path:
     stamp = path / "loragen-tool-env.json"
     if py.exists() and stamp.exists() and json.loads(stamp.read_text()) == list(OPTIMUM_EXECUTORCH):
         return py
+    if path.exists() and any(path.iterdir()) and not (path / "pyvenv.cfg").exists():
+        raise LoragenError(f"--tool-env {path} is neither empty nor a virtual environment; give a new directory "
+                           f"(it would be cleared)", code="usage")
     print(f"creating the optimum-executorch tool environment in {path} (once; about 2 GB)", flush=True)
     for cmd in ([sys.executable, "-m", "venv", "--clear", str(path)],
                 [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *OPTIMUM_EXECUTORCH]):
@@ -138,6 +141,10 @@ def run(args) -> dict:
         raise LoragenError("--prompt-tokens + --decode-tokens exceed --max-context", code="usage")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     precisions = [p.strip() for p in args.precisions.split(",")] if args.precisions else None
+    unknown = sorted(set(precisions or ()) - {pr for _, pr in PAIRS})
+    if unknown:
+        raise LoragenError(f"unknown --precisions {', '.join(unknown)}; known: "
+                           f"{', '.join(sorted({pr for _, pr in PAIRS}))}", code="usage")
     pairs = {k: v for k, v in PAIRS.items() if k[0] in backends and (precisions is None or k[1] in precisions)}
     if not pairs:
         raise LoragenError(f"no benchmark pairs for --backends {args.backends} --precisions {args.precisions}; "
