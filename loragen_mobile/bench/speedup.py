@@ -117,6 +117,7 @@ def run(args) -> dict:
                 bar.update()
             result["backends"][b] = rows
             result.setdefault("exports", {})[b] = exports
+            write_json(result, args.out)  # each backend's rows as soon as they are measured
             del conv, ours  # one backend's runners at a time (two 1.1B models are 8.8 GB in fp32)
         bar.close()
     out = write_json(result, args.out)
