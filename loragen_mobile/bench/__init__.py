@@ -101,6 +101,23 @@ def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, m
     return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
 
 
+#: the full-size presets: their model directories are written in fp16 (half the disk and the load
+#: memory; exports still run in their own precision), and some benchmarks skip in-process timings
+LARGE_PRESETS = ("tinyllama-1.1b", "gemma-2b")
+
+
+def preset_model_dir(work: Path, preset: str) -> Path:
+    """WORK/model-PRESET, the preset's random-weight model directory, written when missing."""
+    import torch
+
+    from ..models import init_model_dir
+
+    d = work / f"model-{preset}"
+    if not d.exists():
+        init_model_dir(preset, d, dtype=torch.float16 if preset in LARGE_PRESETS else torch.float32)
+    return d
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 

@@ -38,8 +38,8 @@ def run(args) -> dict:
     from ..bundle.keys import generate_keypair, load_private_key, load_public_key
     from ..exporters import get_exporter
     from ..lora import random_adapter
-    from ..models import build_model, init_model_dir, target_module_names
-    from . import dir_bytes, machine_info, time_call, write_json
+    from ..models import build_model, target_module_names
+    from . import LARGE_PRESETS, dir_bytes, machine_info, preset_model_dir, time_call, write_json
 
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -51,10 +51,8 @@ def run(args) -> dict:
     result = {"bench": "bundle", "rank": args.rank, "machine": machine_info(), "results": {}}
     jobs = [(p, b) for p in presets for b in backends]
     for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
-        big = preset in ("tinyllama-1.1b", "gemma-2b")
-        model_dir = work / f"model-{preset}"
-        if not model_dir.exists():
-            init_model_dir(preset, model_dir, dtype=torch.float16 if big else torch.float32)
+        big = preset in LARGE_PRESETS
+        model_dir = preset_model_dir(work, preset)
         art = work / f"{backend}-{preset}"
         if not art.exists():
             get_exporter(backend).export(model_dir, art, max_context=args.max_context)

@@ -128,12 +128,10 @@ def _run(runtime: str, art: Path, prompt_file: Path, new: int, repeats: int, wor
 def run(args) -> dict:
     import tempfile
 
-    import torch
     from tqdm import tqdm
 
     from ..errors import LoragenError
-    from ..models import init_model_dir
-    from . import dir_bytes, export_child, machine_info, write_json
+    from . import dir_bytes, export_child, machine_info, preset_model_dir, write_json
 
     if min(args.prompt_tokens, args.decode_tokens, args.repeats) < 1:
         raise LoragenError("--prompt-tokens, --decode-tokens and --repeats must be positive", code="usage")
@@ -152,10 +150,7 @@ def run(args) -> dict:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = Path(args.tool_env) if args.tool_env else Path.home() / ".cache" / "loragen-mobile" / "tools" / "optimum-executorch"
-    big = args.preset in ("tinyllama-1.1b", "gemma-2b", "llama-3.2-1b")
-    model_dir = work / f"model-{args.preset}"
-    if not model_dir.exists():
-        init_model_dir(args.preset, model_dir, dtype=torch.float16 if big else torch.float32)
+    model_dir = preset_model_dir(work, args.preset)
     prompt = _prompt(model_dir, args.prompt_tokens)
     prompt_file = work / ".prompt.json"
     prompt_file.write_text(json.dumps(prompt))

@@ -36,8 +36,7 @@ def run(args) -> dict:
     from ..bundle import build_bundle
     from ..exporters import get_exporter, read_artifact
     from ..lora import LoraAdapter
-    from ..models import init_model_dir
-    from . import dir_bytes, export_child, machine_info, write_json
+    from . import dir_bytes, export_child, machine_info, preset_model_dir, write_json
 
     key = Ed25519PrivateKey.generate()
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
@@ -50,10 +49,7 @@ def run(args) -> dict:
     result = {"bench": "quant", "rank": args.rank, "max_context": args.max_context, "machine": machine_info(),
               "results": {}}
     for preset, backend, scheme in tqdm(jobs, desc="quant bench", unit="export"):
-        big = preset in ("tinyllama-1.1b", "gemma-2b")
-        model_dir = work / f"model-{preset}"
-        if not model_dir.exists():
-            init_model_dir(preset, model_dir, dtype=torch.float16 if big else torch.float32)
+        model_dir = preset_model_dir(work, preset)
         art_dir = work / f"{backend}-{preset}-{scheme or 'unquantized'}"
         entry = {} if art_dir.exists() else export_child(model_dir, art_dir, backend, scheme, args.max_context)
         art = read_artifact(art_dir)
