@@ -165,25 +165,39 @@ def og_greedy(model_path, ids: list[int], max_new: int, model=None, adapters=Non
     return new
 
 
-def swap_with_signed_bundle(art, model_dir, tmp_path, seed: int = 5):
-    """A random PEFT adapter -> signed merged bundle -> swapped copy of ``art`` (no re-export).
-    Returns (swapped artifact dir, the PEFT-merged eager model it must equal)."""
+def random_merged_adapter(model_dir, tmp_path, seed: int = 5):
+    """A random rank-8 PEFT adapter on the default targets, and the PEFT-merged eager model."""
     from peft import PeftModel
 
     from loragen_mobile import lora
-    from loragen_mobile.bundle import apply_bundle, build_bundle
-    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
     from loragen_mobile.models import load_model, target_module_names
 
     base = load_model(model_dir, dtype=torch.float32)
     ad = lora.random_adapter(base, target_module_names(base), r=8, alpha=16, seed=seed, std=0.15)
-    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
-    raw = build_bundle(art, ad, "merged", private_key=load_private_key(tmp_path / "k.pem"))
-    swapped = tmp_path / "swapped"
-    apply_bundle(raw, art, swapped, load_public_key(tmp_path / "k.pub"))
     lora.save_peft_adapter(ad, tmp_path / "adapter")
-    merged = PeftModel.from_pretrained(load_model(model_dir, dtype=torch.float32),
-                                       str(tmp_path / "adapter")).merge_and_unload().eval()
+    merged = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload().eval()
+    return ad, merged
+
+
+def signed_bundle(art, ad, kind: str, tmp_path) -> tuple[bytes, object]:
+    """A bundle of ``ad`` for ``art``, signed with a new key pair: (bytes, public key)."""
+    from loragen_mobile.bundle import build_bundle
+    from loragen_mobile.bundle.keys import generate_keypair, load_private_key, load_public_key
+
+    generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    raw = build_bundle(art, ad, kind, private_key=load_private_key(tmp_path / "k.pem"))
+    return raw, load_public_key(tmp_path / "k.pub")
+
+
+def swap_with_signed_bundle(art, model_dir, tmp_path, seed: int = 5):
+    """A random PEFT adapter -> signed merged bundle -> swapped copy of ``art`` (no re-export).
+    Returns (swapped artifact dir, the PEFT-merged eager model it must equal)."""
+    from loragen_mobile.bundle import apply_bundle
+
+    ad, merged = random_merged_adapter(model_dir, tmp_path, seed)
+    raw, pub = signed_bundle(art, ad, "merged", tmp_path)
+    swapped = tmp_path / "swapped"
+    apply_bundle(raw, art, swapped, pub)
     return swapped, merged
 
 

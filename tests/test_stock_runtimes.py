@@ -5,7 +5,8 @@ ExecuTorch: ``executorch.extension.llm.runner.TextLLMRunner`` of the pinned whee
 ``model.pte`` + ``model.ptd`` + ``tokenizer.json`` of an artifact, reads the runner metadata the
 export writes, and greedy-decodes the same text as transformers' ``generate`` -- for the base
 artifact and for one swapped with a signed merged bundle -- stopping at ``</s>`` where transformers
-does.
+does. An artifact with run-time adapter slots runs the base model in it, and takes a lora bundle
+in place through ``set_adapter`` in ``executorch.runtime``.
 
 The test models are the shared ``model_dirs`` with their ``lm_head`` rows edited: every token that
 is not a printable ASCII byte gets a zero row (its logit is 0, below the winning logit), and ``</s>``
@@ -313,3 +314,66 @@ def test_runtime_pins_agree():
     assert not re.search(r'"org\.pytorch:executorch-android:|"com\.microsoft\.onnxruntime:onnxruntime-android:', app)
     project = (root / "ios_demo/project.yml").read_text()
     assert re.findall(r"^\s+branch: swiftpm-(\S+)\s*$", project, re.M) == [pin]
+
+
+def test_executorch_adapter_slots_swap_a_lora_bundle_in_place(et_stock, tmp_path):
+    """An artifact exported with run-time adapter slots: the stock runner (``forward`` only) gives the
+    base model's tokens; our runner, on one loaded program, takes a signed lora bundle through
+    ``set_adapter`` and gives the PEFT-merged model's logits and tokens, keeps it across a reset,
+    and drops it again; what does not fit is refused."""
+    from conftest import random_merged_adapter, signed_bundle
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loragen_mobile import lora
+    from loragen_mobile.bundle import BundleError, bundle_adapter, open_runner_with_bundle, verify_bundle
+    from loragen_mobile.errors import LoragenError
+    from loragen_mobile.exporters import get_exporter
+
+    md, plain = et_stock("tiny-llama")
+    exp = get_exporter("executorch")
+    art = exp.export(md, tmp_path / "et-slots", max_context=64, adapter_slots=16, progress=False)
+    slots = art.meta["adapter_slots"]
+    assert slots["method"] == "set_adapter" and slots["rank"] == 16
+    assert slots["modules"] == [s["name"][: -len(".weight")] for s in art.meta["swap_slots"]]
+    tok = AutoTokenizer.from_pretrained(md)
+    base = AutoModelForCausalLM.from_pretrained(md, dtype=torch.float32).eval()
+    assert _check_against_hf(_stock_et(art.path), base, tok) == EOS_AT["tiny-llama"][0]
+
+    ad, merged = random_merged_adapter(md, tmp_path)
+    raw, pub = signed_bundle(art, ad, "lora", tmp_path)
+    runner = exp.open_runner(art)
+    ids = tok(PROMPTS[1]).input_ids
+    with torch.no_grad():
+        want, was = (m(torch.tensor([ids])).logits[0, -1] for m in (merged, base))
+    assert (runner.prefill(ids) - was).abs().max() <= 1e-4
+    runner.set_adapter(bundle_adapter(verify_bundle(raw, art, pub)))
+    assert (runner.prefill(ids) - want).abs().max() <= 1e-4 < (want - was).abs().max()
+
+    def greedy(p):  # up to and including the EOS, as transformers stops
+        return runner.generate(tok(p).input_ids, MAX_NEW)
+
+    assert [greedy(p) for p in PROMPTS] == [_hf_greedy(merged, tok, p) for p in PROMPTS]
+    runner.reset()
+    assert greedy(PROMPTS[2]) == _hf_greedy(merged, tok, PROMPTS[2])
+    runner.set_adapter(None)
+    assert [greedy(p) for p in PROMPTS] == [_hf_greedy(base, tok, p) for p in PROMPTS]
+    # `loragen run --bundle`'s runner: the lora bundle goes to the slots
+    assert open_runner_with_bundle(raw, art, pub).generate(ids, MAX_NEW) == _hf_greedy(merged, tok, PROMPTS[1])
+
+    wide = lora.random_adapter(base, slots["modules"], r=32, alpha=32)
+    for bad, code in ((wide, "input"), (lora.LoraAdapter({"lm_head": ad.factors[slots["modules"][0]]}, r=8, alpha=8),
+                                          "input")):
+        with pytest.raises(LoragenError) as e:
+            runner.set_adapter(bad)
+        assert e.value.code == code
+    (tmp_path / "m").mkdir()
+    mraw, mpub = signed_bundle(art, ad, "merged", tmp_path / "m")
+    with pytest.raises(BundleError) as e:
+        bundle_adapter(verify_bundle(mraw, art, mpub))
+    assert e.value.code == "usage"
+    with pytest.raises(LoragenError) as e:
+        exp.open_runner(plain).set_adapter(ad)
+    assert e.value.code == "usage"
+    with pytest.raises(LoragenError) as e:
+        get_exporter("onnx").export(md, tmp_path / "onnx-slots", adapter_slots=16, progress=False)
+    assert e.value.code == "usage" and not (tmp_path / "onnx-slots").exists()

@@ -91,13 +91,12 @@ def _render_bundle(r):
 
     sizes = _table(["preset / backend", "artifact", "merged bundle", "lora bundle", "verify (in process)",
                     "cold load + first token", "load with swap + first token", "swap in place + first token (merged / lora)",
-                    "decode tokens/s before / after swap"], [
+                    "decode tokens/s before / after swap (merged / lora)"], [
         [f"{p} / {b}", f"{e['artifact_bytes'] / 1e6:.2f} MB", f"{e['merged']['bytes'] / 1e6:.3f} MB",
          f"{e['lora']['bytes'] / 1e6:.3f} MB", ms(e["merged"], "verify"), ms(e, "cold_load"),
          ms(e["merged"], "swap_load"),
-         f"{ms(e['merged'], 'swap_in_place')} / {ms(e['lora'], 'swap_in_place')}" if "swap_in_place" in e["merged"] else "-",
-         f"{e['decode_tokens_per_s']:.1f} / {e['merged']['decode_tokens_per_s']:.1f}" if "decode_tokens_per_s" in e["merged"]
-         else "-"]
+         f"{ms(e['merged'], 'swap_in_place')} / {ms(e['lora'], 'swap_in_place')}",
+         " / ".join(f"{x['decode_tokens_per_s']:.1f}" for x in (e, e["merged"], e["lora"]) if "decode_tokens_per_s" in x)]
         for p, per in r["results"].items() for b, e in per.items()])
     steps = ("build_merged", "verify_merged", "apply_merged", "build_lora", "apply_lora")
     cli = _table(["preset / backend"] + [f"`bundle {s.replace('_', ' ')}`" for s in steps], [

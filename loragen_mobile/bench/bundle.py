@@ -2,9 +2,10 @@
 
 For each preset: export (or reuse with --artifacts-dir) ExecuTorch and ONNX artifacts, build a
 signed bundle of each kind for a rank-16 FFN LoRA, and time build, verify, the swap at load
-(open a runner with the bundle), the swap in a loaded runner (where the backend keeps its session:
-ONNX) and a cold load of the base artifact, each with its first token; and the decode rate before
-and after the swap. The CLI steps a developer or
+(open a runner with the bundle), the swap in a loaded runner (ONNX: the session kept, the slots fed
+as inputs; ExecuTorch: the artifact is exported with run-time adapter slots of the bundle's rank,
+and a lora bundle goes to ``set_adapter``) and a cold load of the base artifact, each with its first
+token; and the decode rate before and after the swap. The CLI steps a developer or
 the service runs (`loragen bundle build` of each kind, `verify`, `apply` of each kind) also run as
 child processes, each with its wall time and peak RSS read from the kernel. The large shapes
 (tinyllama-1.1b, gemma-2b; random weights) take a long time to export on a laptop: they run only
@@ -34,7 +35,7 @@ def run(args) -> dict:
     import torch
     from tqdm import tqdm
 
-    from ..bundle import build_bundle, bundle_swap, verify_bundle
+    from ..bundle import build_bundle, bundle_adapter, bundle_swap, verify_bundle
     from ..bundle.keys import generate_keypair, load_private_key, load_public_key
     from ..exporters import get_exporter
     from ..lora import random_adapter
@@ -53,9 +54,11 @@ def run(args) -> dict:
     for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
         big = preset in LARGE_PRESETS
         model_dir = preset_model_dir(work, preset)
-        art = work / f"{backend}-{preset}"
+        exp = get_exporter(backend)
+        slots = args.rank if exp.has_adapter_slots else 0  # ExecuTorch: lora bundles swap in place
+        art = work / (f"{backend}-{preset}" + (f"-slots{slots}" if slots else ""))
         if not art.exists():
-            get_exporter(backend).export(model_dir, art, max_context=args.max_context)
+            exp.export(model_dir, art, max_context=args.max_context, adapter_slots=slots)
         model = build_model(preset) if not big else None
         if model is None:  # shapes only: a meta-device model is enough to size the adapter
             from transformers import AutoModelForCausalLM
@@ -73,8 +76,7 @@ def run(args) -> dict:
                                   r=args.rank, alpha=args.rank)
         else:
             adapter = random_adapter(model, target_module_names(model), r=args.rank, alpha=args.rank, seed=0)
-        exp = get_exporter(backend)
-        entry = {"artifact_bytes": dir_bytes(art),
+        entry = {"adapter_slots": slots, "artifact_bytes": dir_bytes(art),
                  "steps": _cli_steps(work, art, adapter, f"{backend}-{preset}")}
         repeats = 1 if big else args.repeats
         loaded = exp.open_runner(art)
@@ -93,10 +95,14 @@ def run(args) -> dict:
                 r.prefill([1, 2, 3])
 
             entry[kind]["swap_load"] = time_call(swap_load, repeats)
-            if loaded.swaps_in_place:  # the loaded runner keeps its session: swap + first token
+            by_slots = kind == "lora" and slots
+            if loaded.swaps_in_place or by_slots:  # the loaded runner keeps its program: swap + first token
 
                 def swap_in_place():
-                    loaded.swap(bundle_swap(vb, art, mapped=True))
+                    if by_slots:
+                        loaded.set_adapter(bundle_adapter(vb))
+                    else:
+                        loaded.swap(bundle_swap(vb, art, mapped=True))
                     loaded.prefill([1, 2, 3])
 
                 entry[kind]["swap_in_place"] = time_call(swap_in_place, repeats)
@@ -120,7 +126,8 @@ def run(args) -> dict:
             print(f"{preset}/{backend}: artifact {e['artifact_bytes'] / 1e6:.2f} MB, merged {e['merged']['bytes'] / 1e6:.3f} MB, "
                   f"lora {e['lora']['bytes'] / 1e6:.3f} MB; merged build/verify/apply peak RSS {rss} GiB; "
                   f"swap+load {e['merged']['swap_load']['median_s'] * 1e3:.0f} ms"
-                  + (f", swap in place {e['merged']['swap_in_place']['median_s'] * 1e3:.0f} ms" if "swap_in_place" in e["merged"] else "")
+                  + "".join(f", {k} swap in place {e[k]['swap_in_place']['median_s'] * 1e3:.0f} ms"
+                            for k in ("merged", "lora") if "swap_in_place" in e[k])
                   + f" vs cold {e['cold_load']['median_s'] * 1e3:.0f} ms")
     print(f"wrote {out}")
     return result

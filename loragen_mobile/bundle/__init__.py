@@ -5,6 +5,7 @@ Library API (used by the CLI and the specialization service):
 * :func:`build_bundle` (artifact + adapter -> signed bundle bytes), :func:`write_bundle`
 * :func:`verify_bundle` (bytes or path + artifact + public key -> :class:`VerifiedBundle`)
 * :func:`bundle_swap` (verified bundle -> parameter name -> replacement tensor)
+* :func:`bundle_adapter` (verified lora bundle -> its LoRA, for an artifact's run-time adapter slots)
 * :func:`apply_bundle` (writes a new, specialized artifact directory)
 * :func:`open_runner_with_bundle` (host runner with the swap applied at load; nothing written)
 
@@ -25,11 +26,12 @@ from ..lazy import LazyTensors
 from ..lora import LoraAdapter, load_peft_adapter
 from ..models import config_hash, read_config, read_weights
 from . import format as fmt
-from .core import VerifiedBundle, build_into, swap_tensors, verify
+from .core import VerifiedBundle, build_into, bundle_adapter, swap_tensors, verify
 from .format import BundleError
 from .keys import load_private_key
 
-__all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_swap",
+__all__ = ["BundleError", "VerifiedBundle", "apply_bundle", "build_bundle", "build_bundle_file", "bundle_adapter",
+           "bundle_swap",
            "full_precision_weights",
            "open_runner_with_bundle", "read_base_tensors", "verify_bundle", "write_bundle", "write_onnx_adapter"]
 
@@ -168,7 +170,13 @@ def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signa
 
 
 def open_runner_with_bundle(bundle, artifact_dir, public_key=None, require_signature: bool = True):
-    """A host runner for the artifact with the bundle swapped in at load (nothing written)."""
+    """A host runner for the artifact with the bundle swapped in (nothing written): a lora bundle goes
+    to the artifact's run-time adapter slots where it has them, else the swap is made at load."""
     art = as_artifact(artifact_dir)
     vb = verify_bundle(bundle, art, public_key, require_signature)
-    return get_exporter(art.backend).open_runner(art, swap=bundle_swap(vb, art))
+    exp = get_exporter(art.backend)
+    if vb.kind == "lora" and art.meta.get("adapter_slots"):
+        runner = exp.open_runner(art)
+        runner.set_adapter(bundle_adapter(vb))
+        return runner
+    return exp.open_runner(art, swap=bundle_swap(vb, art))

@@ -451,7 +451,7 @@ def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = N
     if vb.manifest["format_version"] == fmt.FORMAT_VERSION_QUANTIZED:
         return _requantized(vb, base)
     lora = vb.manifest["lora"]
-    modules = sorted(module_of(e["param"]) for n, e in entries.items() if n.endswith(".lora_A"))
+    modules = _lora_modules(vb)
 
     def merged(p: str) -> torch.Tensor:
         m = module_of(p)
@@ -465,6 +465,21 @@ def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = N
             raise BundleError(str(e), code="merge") from None
 
     return LazyTensors([f"{m}.weight" for m in modules], merged, finite=True)  # the merge bounds every value
+
+
+def _lora_modules(vb: VerifiedBundle) -> list[str]:
+    return sorted(module_of(e["param"]) for n, e in vb.manifest["tensors"].items() if n.endswith(".lora_A"))
+
+
+def bundle_adapter(vb: VerifiedBundle) -> LoraAdapter:
+    """The LoRA of a verified lora bundle (its factors, each read again and checked against the
+    manifest's sha256), for an artifact's run-time adapter slots (``Runner.set_adapter``)."""
+    if vb.kind != "lora":
+        raise BundleError("a merged bundle holds merged weights, not LoRA factors: adapter slots take a lora bundle",
+                          code="usage")
+    lora = vb.manifest["lora"]
+    return LoraAdapter({m: (vb.tensor(f"{m}.lora_A"), vb.tensor(f"{m}.lora_B")) for m in _lora_modules(vb)},
+                       r=lora["r"], alpha=float(lora["alpha"]))
 
 
 def _requantized(vb: VerifiedBundle, base: Mapping[str, torch.Tensor]) -> LazyTensors:

@@ -35,6 +35,9 @@ def register(sub):
                                       "(default gate_proj,up_proj,down_proj)")
     p.add_argument("--unmerged-adapter", help="PEFT adapter to keep UNMERGED in the graph (the conventional "
                                                "LoRA deployment; for comparisons, e.g. loragen bench speedup)")
+    p.add_argument("--adapter-slots", type=int, metavar="RANK",
+                   help="ExecuTorch: give every target module a run-time LoRA slot of this rank, replaced in a "
+                        "loaded program by its set_adapter method (a lora bundle swaps in place)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -49,6 +52,8 @@ def run(args):
     if args.targets is not None and not args.targets.replace(",", " ").strip():
         raise usage_error("--targets is empty; give comma-separated module names (e.g. gate_proj,up_proj,down_proj) "
                           "or leave the option out for the defaults")
+    if args.adapter_slots is not None and args.adapter_slots < 1:
+        raise usage_error(f"--adapter-slots must be a rank of at least 1, got {args.adapter_slots}")
     if args.unmerged_adapter is not None:
         check_adapter_fits(args.model, args.unmerged_adapter)
 
@@ -57,7 +62,8 @@ def run(args):
 
     art = export(args.model, args.out, backend=args.backend, recipe=args.recipe, max_context=args.max_context,
                  quantize=args.quantize, targets=parse_targets(args.targets) if args.targets else None,
-                 dtype=args.dtype, progress=not args.no_progress, adapter=args.unmerged_adapter)
+                 dtype=args.dtype, progress=not args.no_progress, adapter=args.unmerged_adapter,
+                 adapter_slots=args.adapter_slots)
     m = art.meta
     print(f"wrote {m['backend']} artifact to {art.path} ({m['precision']}, max context {m['max_context']}, "
           f"{len(m['swap_slots'])} swap slots, fingerprint {m['fingerprint'][:16]})")

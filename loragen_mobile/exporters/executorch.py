@@ -19,6 +19,17 @@ tagged as external data too); XNNPACK writes the packed codes and scales into ``
 the sha256 of its bytes (``scale_`` + digest for scales). Each swappable weight ``P`` becomes the
 slots ``P:q`` and ``P:scale``, whose bytes are checked against :mod:`loragen_mobile.quant`'s rule.
 
+Run-time adapter slots (``adapter_slots=R``): every target linear also adds ``B (A x)``, with
+``A [R, in]`` and ``B [out, R]`` in buffers ``lora_slot_A`` / ``lora_slot_B`` (zero in the file, so
+the program is the base model), and a second method ``set_adapter(A_0, B_0, A_1, B_1, ...)`` copies
+new factors into them. The buffers are shared mutable buffers of both methods
+(``MemoryPlanningPass(share_mutable_buffers=True)``, initial values kept by
+``InitializedMutableBufferPass``); XNNPACK's partitioner is given its own configs with one extra
+constraint, "reads no slot buffer", because it takes buffers for static weights and would pack the
+zeros once at load. A loaded program then swaps a LoRA with one ``set_adapter`` call (the runtime
+must share memory arenas across methods: ``executorch.runtime``'s ``Program``, or the C++ ``Module``
+with ``share_memory_arenas``); the stock LLM runner, which loads ``forward`` only, runs the base.
+
 Runner metadata (``constant_methods``, the names ``extension/llm/runner/constants.h`` reads):
 ``get_max_seq_len``, ``get_max_context_len`` (the KV-cache length), ``get_bos_id``, ``get_eos_ids``
 (every EOS id of config.json, generation_config.json and the tokenizer), ``get_vocab_size``,
@@ -45,6 +56,8 @@ from .runner import Runner
 PTE = "model.pte"
 DATA = "model.ptd"
 DATA_TAG = "model"  # external-constant tag -> DATA
+ADAPTER_METHOD = "set_adapter"
+SLOT_BUFFER = "lora_slot_"  # the adapter-slot buffers: <module>.lora_slot_A, <module>.lora_slot_B
 
 
 # bytes at the start of a .ptd that hold its FlatTensor header (far more than the header needs)
@@ -120,18 +133,25 @@ class ExecuTorchRunner(Runner):
                 EXPORTER.write_slot_bytes(self._tmp, artifact.slots, swap)
                 data = self._tmp / DATA
             self._program = Runtime.get().load_program(str(artifact.file(PTE)), data_path=str(data))
+            # loaded once (XNNPACK packs the weights then): a reset keeps the method and its KV-cache
+            # buffers, whose entries at and past the new position are masked until overwritten
+            self._method = self._program.load_method("forward")
+            slots = artifact.meta.get("adapter_slots")
+            # loaded after forward: loading a method sets the slots to the file's zeros
+            self._setter = self._program.load_method(slots["method"]) if slots else None
         except LoragenError:
             self._cleanup()
             raise
         except Exception as e:
             self._cleanup()
             raise LoragenError(f"ExecuTorch cannot load {artifact.path}: {str(e).splitlines()[0]}") from None
-        self._reset()
 
-    def _reset(self) -> None:
-        # A fresh method instance gets fresh (zeroed) memory-planned KV-cache buffers; stale entries
-        # past the current position are masked anyway.
-        self._method = self._program.load_method("forward")
+    def set_adapter(self, adapter) -> None:
+        slots = self.artifact.meta.get("adapter_slots")
+        if not slots:
+            super().set_adapter(adapter)
+        self._setter.execute(adapter_slot_inputs(slots, adapter))
+        self.reset()
 
     def _forward(self, ids, start):
         x = torch.tensor([ids], dtype=torch.long)
@@ -151,6 +171,7 @@ class ExecuTorchRunner(Runner):
 class ExecuTorchExporter(Exporter):
     name = "executorch"
     fingerprint_files = (PTE, DATA)
+    has_adapter_slots = True
     #: 8-bit dynamic (per-token) activations with 4-bit grouped or 8-bit per-channel weights
     schemes = {"8da4w-g32": "xnnpack-int4-g32", "8da4w-g128": "xnnpack-int4-g128", "8da8w": "xnnpack-int8-pc"}
     # activations are quantized to int8 at run time: a rounding-level difference between the program's
@@ -160,6 +181,9 @@ class ExecuTorchExporter(Exporter):
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         job.state["metadata"] = runner_metadata(job.model, job.model_dir, job.max_context)
+        if job.adapter_slots:
+            job.state["slot_modules"] = [n[: -len(".weight")] for n in job.swap_names]
+            add_adapter_slots(job.model, job.state["slot_modules"], job.adapter_slots, job.dtype)
         # logits [1, 1, V] (last position) unless all_logits
         return StaticCacheLM(job.model, job.max_context, all_logits=job.all_logits).eval()
 
@@ -184,7 +208,9 @@ class ExecuTorchExporter(Exporter):
         """torch.export -> tag every parameter as external data -> re-export -> XNNPACK -> .pte + .ptd."""
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes import MemoryPlanningPass
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+        from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
         ep = _export(wrapper, job.max_context)
         # every parameter: the HF ones, and after quantization the unwrapped codes/scales/zero points
@@ -201,9 +227,18 @@ class ExecuTorchExporter(Exporter):
         gm = ep.module()
         delegate_external_constants_pass_unlifted(module=gm, gen_tag_fn=tag)
         ep = _export(gm, job.max_context)
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
-                                           constant_methods=job.state["metadata"])
-        et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
+        if not job.adapter_slots:
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                               constant_methods=job.state["metadata"])
+            et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
+        else:
+            methods = {"forward": ep, ADAPTER_METHOD: _export_setter(wrapper, job)}
+            edge = to_edge_transform_and_lower(methods, partitioner=[XnnpackPartitioner(configs=_slot_free_configs())],
+                                               constant_methods=job.state["metadata"])
+            et = edge.to_executorch(ExecutorchBackendConfig(
+                external_constants=tag, emit_mutable_buffer_names=True,
+                memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+                passes=[InitializedMutableBufferPass([SLOT_BUFFER])]))
         with open(job.out / PTE, "wb") as f:
             et.write_to_file(f)
         et.write_tensor_data_to_file(str(job.out))
@@ -250,6 +285,11 @@ class ExecuTorchExporter(Exporter):
             "logits": "all" if job.all_logits else "last",
             "kv_cache": "static, in mutable buffers (memory-planned), max_context positions",
             "files": [PTE, DATA],
+            **({"adapter_slots": {
+                "method": ADAPTER_METHOD, "rank": job.adapter_slots, "modules": job.state["slot_modules"],
+                "shapes": [list(job.params[m + ".weight"].shape) for m in job.state["slot_modules"]],
+                "inputs": "A [rank, in], B [out, rank] of each module in this order; B carries the LoRA scale"}}
+               if job.adapter_slots else {}),
         }
 
     def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:
@@ -392,6 +432,92 @@ def _locate_parts(job: ExportJob) -> list[SwapSlot]:
                                    code="model")
             slots.append(SwapSlot.part_of(n, part, job.encoding, t, DATA, key=key, offset=off))
     return slots
+
+
+def add_adapter_slots(model: torch.nn.Module, modules: list[str], rank: int, dtype: torch.dtype) -> None:
+    """Give each linear in ``modules`` zero LoRA buffers ``lora_slot_A [rank, in]`` / ``lora_slot_B
+    [out, rank]`` and a forward hook adding ``B (A x)`` (the parameter names stay the HF ones)."""
+    for name in modules:
+        lin = model.get_submodule(name)
+        lin.register_buffer(SLOT_BUFFER + "A", torch.zeros(rank, lin.in_features, dtype=dtype))
+        lin.register_buffer(SLOT_BUFFER + "B", torch.zeros(lin.out_features, rank, dtype=dtype))
+        lin.register_forward_hook(_add_slot_lora)
+
+
+def _add_slot_lora(mod, args, out):
+    x = args[0]
+    return out + torch.nn.functional.linear(torch.nn.functional.linear(x, mod.lora_slot_A), mod.lora_slot_B)
+
+
+def adapter_slot_inputs(slots: dict, adapter) -> list[torch.Tensor]:
+    """``set_adapter``'s inputs for ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter` of rank
+    <= the slots' rank, on some or all of the slot modules; ``None``: the base model): A and
+    scale * B per slot module, zero-padded to the slot rank, zeros for a module it does not adapt."""
+    rank, shapes = int(slots["rank"]), slots.get("shapes")
+    factors = dict(adapter.factors) if adapter is not None else {}
+    unknown = sorted(set(factors) - set(slots["modules"]))
+    if unknown:
+        raise LoragenError(f"the adapter adapts {unknown[0]}, which has no adapter slot in this artifact", code="input")
+    if adapter is not None and adapter.r > rank:
+        raise LoragenError(f"the adapter has rank {adapter.r}; this artifact's slots hold rank {rank} at most",
+                           code="input")
+    out = []
+    for i, m in enumerate(slots["modules"]):
+        out_f, in_f = shapes[i]
+        a = torch.zeros(rank, in_f)
+        b = torch.zeros(out_f, rank)
+        if m in factors:
+            fa, fb = factors[m]
+            if tuple(fa.shape) != (adapter.r, in_f) or tuple(fb.shape) != (out_f, adapter.r):
+                raise LoragenError(f"LoRA factors of {m} have shapes A {tuple(fa.shape)}, B {tuple(fb.shape)}; "
+                                   f"the slot takes A [r, {in_f}], B [{out_f}, r]", code="input")
+            a[: adapter.r] = fa.float()
+            b[:, : adapter.r] = fb.float() * adapter.scale
+        out += [a, b]
+    return out
+
+
+def _export_setter(wrapper: torch.nn.Module, job: ExportJob):
+    """``set_adapter(A_0, B_0, ...)``: copies its inputs into the slot buffers (exported from the same
+    module as ``forward``, so the buffers have the same names in both methods)."""
+    linears = [job.model.get_submodule(m) for m in job.state["slot_modules"]]
+
+    def set_adapter(*factors):
+        for i, lin in enumerate(linears):
+            lin.lora_slot_A.copy_(factors[2 * i])
+            lin.lora_slot_B.copy_(factors[2 * i + 1])
+        return factors[0].sum()
+
+    example = tuple(t for lin in linears for t in (lin.lora_slot_A.clone(), lin.lora_slot_B.clone()))
+    wrapper.forward = set_adapter
+    try:
+        with torch.no_grad():
+            return torch.export.export(wrapper, example, strict=False)
+    finally:
+        del wrapper.forward
+
+
+def _slot_free_configs() -> list:
+    """XNNPACK's partitioner configs, each with one more constraint: the node reads no adapter-slot
+    buffer (the partitioner would take the buffer for a static weight and pack it once at load)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    def guarded(cls):
+        def check_constraints(self, node, ep) -> bool:
+            # the node itself, and what its partition would pull in (e.g. a matmul's weight seen
+            # through a transpose)
+            bufs = ep.graph_signature.inputs_to_buffers
+
+            def slot(n) -> bool:
+                return n.op == "placeholder" and SLOT_BUFFER in bufs.get(n.name, "")
+
+            if any(slot(a) for a in node.all_input_nodes) or not cls.check_constraints(self, node, ep):
+                return False
+            return not any(slot(a) for n in self.get_partition(node, ep) for a in (n, *n.all_input_nodes))
+
+        return type(cls.__name__, (cls,), {"check_constraints": check_constraints})
+
+    return [guarded(c) for c in ALL_PARTITIONER_CONFIGS]
 
 
 def _export(module, max_context: int):

@@ -77,6 +77,7 @@ class ExportJob:
     state: dict[str, Any] = field(default_factory=dict)  # a backend's own values between hooks
     encoding: quant.Encoding | None = None  # how quantized weights are stored (None: unquantized)
     quantized: list[str] = field(default_factory=list)  # parameter names the quantize hook quantized
+    adapter_slots: int = 0  # rank of the run-time LoRA slots on the target modules (0: none)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -106,18 +107,26 @@ class Exporter:
     quantized_precision: str = "fp32"
     #: files digested, in order, by :meth:`fingerprint` (swap-slot byte ranges left out)
     fingerprint_files: tuple[str, ...] = ()
+    #: whether the backend can export run-time LoRA slots (``adapter_slots``)
+    has_adapter_slots = False
 
     # ------------------------------------------------------------------ the export pipeline
 
     def export(self, model_dir, out_dir, *, max_context: int = 128, quantize: str | None = None,
                targets=None, dtype: str | None = None, progress: bool = True, adapter=None,
-               all_logits: bool = False) -> Artifact:
+               all_logits: bool = False, adapter_slots: int = 0) -> Artifact:
         """Export ``model_dir`` to the artifact directory ``out_dir``.
 
         ``adapter``: a PEFT adapter kept UNMERGED in the graph (extra LoRA matmuls per target
         module), the conventional LoRA deployment that the speedup benchmark compares against; its
         swap slots are the base weights under the LoRA. ``all_logits``: the graph returns logits for
-        every input position (default: the last one only)."""
+        every input position (default: the last one only). ``adapter_slots``: a rank R > 0 gives every
+        target module a run-time LoRA of rank <= R that a loaded program replaces in place
+        (:meth:`Runner.set_adapter`; backends with ``has_adapter_slots``)."""
+        if adapter_slots and not self.has_adapter_slots:
+            raise LoragenError(f"{self.name}: run-time adapter slots are an ExecuTorch export option", code="usage")
+        if adapter_slots < 0 or (adapter_slots and adapter is not None):
+            raise LoragenError("adapter slots need a positive rank and no unmerged adapter", code="usage")
         targets = tuple(targets) if targets else None  # None: the model family's default targets
         encoding = self.encoding_of(quantize)
         precision = self.check_precision(dtype or (self.quantized_precision if encoding else self.default_precision))
@@ -132,7 +141,7 @@ class Exporter:
 
             step(0)
             job = self.load(model_dir, tmp, precision, max_context, targets, adapter, quantize, all_logits)
-            job.encoding = encoding
+            job.encoding, job.adapter_slots = encoding, int(adapter_slots)
             step(1)
             wrapper = self.wrap(job)
             step(2)

@@ -28,6 +28,7 @@ class ExportRecipe:
     dtype: str | None = None
     quantize: str | None = None
     targets: list[str] | None = None
+    adapter_slots: int | None = None  # ExecuTorch: rank of the run-time LoRA slots
 
     @property
     def preset(self) -> str | None:
@@ -53,7 +54,7 @@ def load_recipe(path: str | os.PathLike) -> ExportRecipe:
 
 def export(model_dir, out_dir, *, backend: str | None = None, recipe=None, max_context: int | None = None,
            quantize: str | None = None, targets=None, dtype: str | None = None, progress: bool = True,
-           adapter=None) -> Artifact:
+           adapter=None, adapter_slots: int | None = None) -> Artifact:
     """Export with a backend name or a recipe file; explicit arguments override the recipe.
 
     ``model_dir``: a Hugging Face directory or a Hub id in the local cache. A recipe written for a
@@ -80,6 +81,9 @@ def export(model_dir, out_dir, *, backend: str | None = None, recipe=None, max_c
         kw["dtype"] = dt
     if adapter is not None:
         kw["adapter"] = adapter
+    slots = adapter_slots if adapter_slots is not None else (r.adapter_slots if r else None)
+    if slots:
+        kw["adapter_slots"] = slots
     return get_exporter(backend).export(model_dir, out_dir, **kw)
 
 

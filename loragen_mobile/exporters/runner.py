@@ -42,8 +42,17 @@ class Runner:
         raise LoragenError(f"{self.artifact.backend} runners cannot swap weights in place; open a new runner "
                            "with the swap instead", code="usage")
 
-    def _reset(self) -> None:  # pragma: no cover - overridden
-        pass
+    def set_adapter(self, adapter) -> None:
+        """Run the loaded program with ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter`, e.g.
+        :func:`loragen_mobile.bundle.bundle_adapter`; ``None``: the base model) in its run-time adapter
+        slots, without loading it again; the KV cache is reset. Only artifacts exported with adapter
+        slots (``loragen export --adapter-slots R``, ExecuTorch) have them."""
+        raise LoragenError(f"artifact {self.artifact.path} has no adapter slots (export it with --adapter-slots RANK, "
+                           "ExecuTorch)", code="usage")
+
+    def _reset(self) -> None:
+        """Hook: the backend's part of :meth:`reset` (none where cache entries at and past ``pos``
+        are masked until overwritten)."""
 
     def _forward(self, ids: list[int], start: int) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
