@@ -82,7 +82,8 @@ def bench_model(model_dir, artifacts, prompt_tokens, decode_tokens, repeats):
         _time_runner(runner.prefill, runner.decode, prompt, 2, 1)
         r = _time_runner(runner.prefill, runner.decode, prompt, decode_tokens, repeats)
         name = {"executorch": "executorch-xnnpack", "onnx": "onnxruntime"}.get(art.backend, art.backend)
-        rows.append({"runtime": name, "precision": art.meta["precision"], **r})
+        rows.append({"runtime": name, "artifact": Path(a).name, "precision": art.meta["precision"],
+                     "adapter_slots": (art.meta.get("adapter_slots") or {}).get("rank", 0), **r})
     return rows
 
 
