@@ -374,6 +374,7 @@ def test_executorch_adapter_slots_swap_a_lora_bundle_in_place(et_stock, tmp_path
     with pytest.raises(LoragenError) as e:
         exp.open_runner(plain).set_adapter(ad)
     assert e.value.code == "usage"
-    with pytest.raises(LoragenError) as e:
-        get_exporter("onnx").export(md, tmp_path / "onnx-slots", adapter_slots=16, progress=False)
-    assert e.value.code == "usage" and not (tmp_path / "onnx-slots").exists()
+    for backend, kw in (("onnx", {}), ("executorch", {"quantize": "8da4w-g32"})):
+        with pytest.raises(LoragenError) as e:
+            get_exporter(backend).export(md, tmp_path / "refused", adapter_slots=16, progress=False, **kw)
+        assert e.value.code == "usage" and not (tmp_path / "refused").exists()

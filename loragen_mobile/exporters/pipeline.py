@@ -127,6 +127,9 @@ class Exporter:
             raise LoragenError(f"{self.name}: run-time adapter slots are an ExecuTorch export option", code="usage")
         if adapter_slots < 0 or (adapter_slots and adapter is not None):
             raise LoragenError("adapter slots need a positive rank and no unmerged adapter", code="usage")
+        if adapter_slots and quantize is not None:
+            raise LoragenError(f"{self.name}: adapter slots are not built for quantized exports yet; export "
+                               f"without --quantize", code="usage")
         targets = tuple(targets) if targets else None  # None: the model family's default targets
         encoding = self.encoding_of(quantize)
         precision = self.check_precision(dtype or (self.quantized_precision if encoding else self.default_precision))
