@@ -135,7 +135,7 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
     model.eval()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        models.save_tokenizer(tok, tmp)
         import json
 
         (tmp / "loragen_edge_training.json").write_text(json.dumps(

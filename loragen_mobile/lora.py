@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import LoragenError
 from .fsutil import atomic_dir, read_json_object, refuse_existing
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, save_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -249,5 +249,5 @@ def merge_dir(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike, out:
     tokenizer = load_tokenizer(model_dir)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     return Path(out)

@@ -439,7 +439,7 @@ def _run_json(capsys, *args):
 
 def test_run_applies_the_chat_template_and_stops_at_eos(edge_artifacts, capsys):
     art = edge_artifacts("onnx")
-    for prompt, system in (("pmey", None), ("phone dad now", None), ("bomm", "Reverse the word.")):
+    for prompt, system in (("pmey", "Reverse each word."), ("phone dad now", None), ("bomm", "Reverse the word.")):
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids, want, text = _hf(art, msgs)
         extra = ["--system", system] if system else []

@@ -137,7 +137,7 @@ def test_runner_stops_at_the_artifacts_eos(edge_artifacts):
     assert art.meta["prompt_format"] == {"with_system": "{system}\n{input}\n", "without_system": "{input}\n",
                                          "bos": True}
     runner = get_exporter("onnx").open_runner(art.path)
-    ids = prompt_ids(load_tokenizer(EDGE_ASSET), None, "pmey")
+    ids = prompt_ids(load_tokenizer(EDGE_ASSET), "Reverse each word.", "pmey")
     m = load_model(EDGE_ASSET, dtype=torch.float32)
     want = m.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist()
     got = runner.generate(ids, 20)

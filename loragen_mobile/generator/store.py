@@ -139,7 +139,7 @@ def write_generator(g: Generator, out: Path, steps: int) -> str:
     if g.cloud_dir is None and not (out / CLOUD_BASE).exists():
         with atomic_dir(out / CLOUD_BASE) as tmp:
             g.generator.cloud.get_base_model().save_pretrained(tmp)  # LoRA layers are not saved here
-            g.cloud_tokenizer.save_pretrained(tmp)
+            models.save_tokenizer(g.cloud_tokenizer, tmp)
     edge_hash = models.config_hash(models.read_config(g.edge_dir))
     gid = _generator_id(weights, (adapter_dir / "adapter_model.safetensors").read_bytes(), edge_hash)
     with atomic_file(out / WEIGHTS, overwrite=True) as tmp:
@@ -281,7 +281,7 @@ def save_generated(g: Generator, tasks: list[str], outs: list[str | os.PathLike]
             if merge_into:
                 with atomic_dir(merge_into[i]) as tmp:
                     model.save_pretrained(tmp)
-                    load_tokenizer(g.edge_dir).save_pretrained(tmp)
+                    models.save_tokenizer(load_tokenizer(g.edge_dir), tmp)
                 written.append(Path(merge_into[i]))
     except BaseException:
         import shutil
