@@ -9,4 +9,6 @@ command -v "$PY" >/dev/null || PY=python3
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 bash android_demo/core/run-tests.sh
-.venv/bin/python -m pytest -q "$@"
+# two workers, one test file each at a time (a file's tests share its exports); the slowest tests
+# are listed at the end of the run
+.venv/bin/python -m pytest -q -n "${LORAGEN_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"

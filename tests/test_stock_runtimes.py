@@ -378,3 +378,22 @@ def test_executorch_adapter_slots_swap_a_lora_bundle_in_place(et_stock, tmp_path
         with pytest.raises(LoragenError) as e:
             get_exporter(backend).export(md, tmp_path / "refused", adapter_slots=16, progress=False, **kw)
         assert e.value.code == "usage" and not (tmp_path / "refused").exists()
+    # a damaged adapter_slots block in artifact.json: one clear error when the artifact is read
+    import json
+    import shutil
+
+    from loragen_mobile.exporters import read_artifact
+
+    bad = tmp_path / "et-slots-bad"
+    shutil.copytree(art.path, bad)
+    good = json.loads((art.path / "artifact.json").read_text())
+    for change in ({"shapes": None}, {"shapes": slots["shapes"][1:]}, {"shapes": [[0, 64]] + slots["shapes"][1:]},
+                   {"rank": 0}, {"rank": "16"}, {"modules": None}, {"method": 3}):
+        meta = {**good, "adapter_slots": {**slots, **change}}
+        if change == {"shapes": None}:
+            del meta["adapter_slots"]["shapes"]
+        (bad / "artifact.json").write_text(json.dumps(meta))
+        with pytest.raises(LoragenError, match="adapter_slots must hold") as e:
+            read_artifact(bad)
+        assert e.value.code == "input"
+    assert read_artifact(art.path).meta["adapter_slots"] == slots

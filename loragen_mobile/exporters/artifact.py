@@ -218,12 +218,28 @@ def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -
         if miss:
             raise LoragenError(f"{f}: swap slot {s.get('name', '?')} is missing {', '.join(miss)}")
         _check_slot(f, meta["schema"], s)
+    if "adapter_slots" in meta:
+        _check_adapter_slots(f, meta["adapter_slots"])
     if backend is not None and meta["backend"] != backend:
         raise LoragenError(f"{d} is a '{meta['backend']}' artifact, not '{backend}'")
     for name in meta["files"]:
         if not (d / name).exists():
             raise LoragenError(f"artifact {d} is incomplete: {name} is missing")
     return Artifact(d, meta)
+
+
+def _check_adapter_slots(f: Path, a: Any) -> None:
+    """The run-time LoRA slots' block: a method name, a rank >= 1, and one [out, in] shape per module."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    ok = (isinstance(a, dict) and isinstance(a.get("method"), str) and whole(a.get("rank"))
+          and isinstance(a.get("modules"), list) and all(isinstance(m, str) for m in a["modules"])
+          and isinstance(a.get("shapes"), list) and len(a["shapes"]) == len(a["modules"])
+          and all(isinstance(s, list) and len(s) == 2 and all(map(whole, s)) for s in a["shapes"]))
+    if not ok:
+        raise LoragenError(f"{f}: adapter_slots must hold a method name, a rank >= 1, the module names and one "
+                           f"[out, in] shape per module")
 
 
 def _check_slot(f: Path, schema: str, s: dict) -> None:

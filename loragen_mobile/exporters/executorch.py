@@ -453,7 +453,7 @@ def adapter_slot_inputs(slots: dict, adapter) -> list[torch.Tensor]:
     """``set_adapter``'s inputs for ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter` of rank
     <= the slots' rank, on some or all of the slot modules; ``None``: the base model): A and
     scale * B per slot module, zero-padded to the slot rank, zeros for a module it does not adapt."""
-    rank, shapes = int(slots["rank"]), slots.get("shapes")
+    rank, shapes = slots["rank"], slots["shapes"]  # checked by read_artifact
     factors = dict(adapter.factors) if adapter is not None else {}
     unknown = sorted(set(factors) - set(slots["modules"]))
     if unknown:
