@@ -32,6 +32,10 @@ meta["edge"]["path"] = meta["cloud"]["path"] = rel
 for name in ("adapter_config.json", "README.md"):
     f = out / "cloud-adapter" / name
     f.write_text(f.read_text().replace(trained, rel))
+rec = out.parent / Path(rel).name / "loragen_edge_training.json"  # the data file by name only
+r = json.loads(rec.read_text())
+r["data"] = Path(r["data"]).name
+rec.write_text(json.dumps(r, indent=2) + "\n")
 PY
   echo "wrote $A/$P-edge and $A/$P-generator"
 done
