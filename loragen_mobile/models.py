@@ -101,9 +101,12 @@ def build_model(preset: str, seed: int = 0, dtype: torch.dtype = torch.float32) 
 
 
 def init_model_dir(preset: str, out: str | os.PathLike, seed: int = 0,
-                   dtype: torch.dtype = torch.float32) -> Path:
-    """Write a preset as a standard Hugging Face directory (atomically)."""
+                   dtype: torch.dtype = torch.float32, min_positions: int = 0) -> Path:
+    """Write a preset as a standard Hugging Face directory (atomically); ``min_positions`` raises
+    the config's ``max_position_embeddings`` (the longest KV cache an export may ask for)."""
     model = build_model(preset, seed=seed, dtype=dtype)
+    if model.config.max_position_embeddings < min_positions:
+        model.config.max_position_embeddings = min_positions
     tokenizer = build_tokenizer()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)

@@ -7,6 +7,7 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from conftest import MAX_CTX
 from loragen_mobile.bench.all import _render_bundle, _render_peers
 from loragen_mobile.bundle import build_bundle
 from loragen_mobile.cli import main
@@ -39,10 +40,10 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
     built here, the artifact is untouched and the applied copies are cleaned up."""
     art = artifacts("onnx", "tiny-llama")
     before = _digest(art)
-    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "onnx-tiny-llama")
+    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "tiny-llama-onnx-unquantized")
     out = tmp_path / "bundle.json"
     assert main(["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
-                 "--artifacts-dir", str(work), "--out", str(out)]) == 0
+                 "--max-context", str(MAX_CTX), "--artifacts-dir", str(work), "--out", str(out)]) == 0
     e = json.loads(out.read_text())["results"]["tiny-llama"]["onnx"]
     model = build_model("tiny-llama")
     adapter = random_adapter(model, target_module_names(model), r=16, alpha=16, seed=0)
@@ -55,40 +56,60 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
         assert e["steps"][s]["s"] > 0 and e["steps"][s]["peak_rss_bytes"] > 50 * 2**20, s
     # ONNX keeps its session: both kinds were also swapped into the loaded runner
     assert all("swap_in_place" in e[k] and e[k]["decode_tokens_per_s"] > 0 for k in ("merged", "lora"))
-    assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", "onnx-tiny-llama"]
+    assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", "tiny-llama-onnx-unquantized"]
     assert _digest(art) == before
     table = "\n".join(_render_bundle({"results": {"tiny-llama": {"onnx": e}}}))
     assert "| tiny-llama / onnx |" in table and "`bundle apply merged`" in table
 
 
-def test_peers_bench_runs_ours_and_the_model_builders_through_og(artifacts, model_dirs, tmp_path):
-    """`loragen bench peers` (ONNX, fp32) on the shared tiny artifact and onnxruntime-genai's model
-    builder output of the same model: both, run by onnxruntime-genai in their own processes, give
-    transformers' greedy tokens, and the ratios are ours over the peer's figures."""
+def test_bench_all_preset_exports_each_artifact_once_and_the_peers_match_transformers(model_dirs, tmp_path):
+    """`loragen bench all --preset` (ONNX, small shapes) is the code path of the full-size run: the
+    benchmarks share one work directory, so each artifact is exported once (one export figure file per
+    artifact, the same figures in every benchmark that uses it); the peers run ours and onnxruntime-genai's
+    model builder output of the same model through onnxruntime-genai, and at fp32 both give
+    transformers' greedy tokens."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from loragen_mobile.bench import dir_bytes
+    from loragen_mobile.exporters import read_artifact
 
-    art = artifacts("onnx", "tiny-llama")
-    before = _digest(art)
-    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "ours-onnx-fp32")
-    out = tmp_path / "peers.json"
-    assert main(["bench", "peers", "--backends", "onnx", "--precisions", "fp32", "--prompt-tokens", "12",
-                 "--decode-tokens", "6", "--repeats", "1", "--max-context", "32", "--work-dir", str(work),
-                 "--out", str(out)]) == 0
-    r = json.loads(out.read_text())
-    row = r["results"]["onnx/fp32"]
-    prompt = r["prompt_ids"]
-    assert 0 < len(prompt) <= 12
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
+    assert main(["bench", "all", "--preset", "tiny-llama", "--work-dir", str(work), "--backends", "onnx",
+                 "--only", "runtime,quant,bundle,speedup,peers", "--prompt-tokens", "8,24", "--repeats", "1",
+                 "--out-dir", str(out), "--report", str(out / "results.md")]) == 0
+    ours = ["tiny-llama-onnx-unquantized", "tiny-llama-onnx-8da4w-b32", "tiny-llama-onnx-unquantized-unmerged"]
+    peers = ["tiny-llama-og-builder-fp32", "tiny-llama-og-builder-int4"]
+    assert sorted(p.name for p in work.iterdir()) == sorted(
+        ["keys", "model-tiny-llama", "adapter-tiny-llama-r16"] + ours + peers + [f"{n}.export.json" for n in ours + peers])
+    assert {read_artifact(work / n).meta["max_context"] for n in ours} == {161}  # peers' 128 + 32 + 1 > 24 + 40
+    figures = {n: json.loads((work / f"{n}.export.json").read_text()) for n in ours}
+    res = {n: json.loads((out / f"{n}.json").read_text()) for n in ("runtime", "quant", "bundle", "speedup", "peers")}
+    fp32, q = figures["tiny-llama-onnx-unquantized"], figures["tiny-llama-onnx-8da4w-b32"]
+    assert res["peers"]["results"]["onnx/fp32"]["ours"]["export_s"] == fp32["export_s"]
+    assert res["speedup"]["exports"]["onnx"]["loragen"]["export_s"] == fp32["export_s"]
+    assert res["bundle"]["results"]["tiny-llama"]["onnx"]["export_s"] == fp32["export_s"]
+    assert res["quant"]["results"]["tiny-llama"]["onnx"]["unquantized"]["export_s"] == fp32["export_s"]
+    assert res["quant"]["results"]["tiny-llama"]["onnx"]["8da4w-b32"]["export_s"] == q["export_s"]
+    assert res["peers"]["results"]["onnx/8da4w-b32"]["ours"]["export_peak_rss_bytes"] == q["export_peak_rss_bytes"]
+    assert res["speedup"]["exports"]["onnx"]["conventional"]["export_s"] == \
+        figures["tiny-llama-onnx-unquantized-unmerged"]["export_s"]
+    assert [r["artifact"] for r in res["runtime"]["results"]["model-tiny-llama"][1:]] == sorted(ours[:2])
+    assert [r["compression_ratio"] for r in res["speedup"]["backends"]["onnx"]] == [(8 + 16) / 16, (24 + 16) / 16]
+    row = res["peers"]["results"]["onnx/fp32"]
+    prompt = res["peers"]["prompt_ids"]
+    assert 0 < len(prompt) <= 128
     model = AutoModelForCausalLM.from_pretrained(model_dirs["tiny-llama"], dtype=torch.float32)
-    hf = model.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)[0, len(prompt):]
-    assert row["ours"]["tokens"] == row["peer"]["tokens"] == hf.tolist()
-    assert row["same_tokens"] is True
-    assert row["peer"]["tool"] == "og-builder" and (work / "og-builder-fp32" / "genai_config.json").exists()
-    assert row["ours"]["artifact_bytes"] == dir_bytes(art)
-    assert row["peer"]["artifact_bytes"] == dir_bytes(work / "og-builder-fp32")
-    assert row["peer"]["export_peak_rss_bytes"] > 50 * 2**20 and "export_s" not in row["ours"]  # ours reused
+    hf = model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False)[0, len(prompt):]
+    assert row["ours"]["tokens"] == row["peer"]["tokens"] == hf.tolist() and row["same_tokens"] is True
+    assert row["peer"]["tool"] == "og-builder" and (work / "tiny-llama-og-builder-fp32" / "genai_config.json").exists()
+    assert row["peer"]["artifact_bytes"] == dir_bytes(work / "tiny-llama-og-builder-fp32")
     assert row["ratios"]["decode_tokens_per_s"] == row["ours"]["decode_tokens_per_s"] / row["peer"]["decode_tokens_per_s"]
-    assert _digest(art) == before
-    assert "| onnx/fp32 | og-builder |" in "\n".join(_render_peers(r))
+    summary = json.loads((out / "all.json").read_text())
+    assert list(summary["commands"]) == ["peers", "speedup", "bundle", "quant", "runtime"]
+    assert summary["total_wall_s"] >= sum(summary["wall_s"].values())
+    report = (out / "results.md").read_text()
+    assert f"`loragen bench peers --preset tiny-llama --work-dir {work} --backends onnx" in report
+    assert "| onnx/fp32 | og-builder |" in "\n".join(_render_peers(res["peers"]))

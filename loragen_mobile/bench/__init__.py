@@ -106,16 +106,66 @@ def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, m
 LARGE_PRESETS = ("tinyllama-1.1b", "gemma-2b")
 
 
-def preset_model_dir(work: Path, preset: str) -> Path:
-    """WORK/model-PRESET, the preset's random-weight model directory, written when missing."""
+def preset_model_dir(work: Path, preset: str, min_positions: int = 0) -> Path:
+    """WORK/model-PRESET, the preset's random-weight model directory, written when missing (with
+    ``max_position_embeddings`` raised to ``min_positions`` where the preset's is lower)."""
     import torch
 
     from ..models import init_model_dir
 
     d = work / f"model-{preset}"
     if not d.exists():
-        init_model_dir(preset, d, dtype=torch.float16 if preset in LARGE_PRESETS else torch.float32)
+        init_model_dir(preset, d, dtype=torch.float16 if preset in LARGE_PRESETS else torch.float32,
+                       min_positions=min_positions)
     return d
+
+
+def preset_adapter(preset: str, rank: int, seed: int = 0):
+    """A random rank-``rank`` LoRA (alpha = rank) of the preset's default targets, sized from the
+    config alone (a meta-device model: no weights are built, whatever the shape)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..lora import random_adapter
+    from ..models import preset_config, target_module_names
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(preset_config(preset))
+    return random_adapter(model, target_module_names(model), r=rank, alpha=rank, seed=seed)
+
+
+def shared_export(work: Path, preset: str, backend: str, scheme: str | None = None, max_context: int = 128,
+                  slots: int = 0, adapter: Path | None = None) -> tuple[Path, dict]:
+    """The artifact WORK/PRESET-BACKEND-SCHEME[-slotsR | -unmerged], `loragen export` of
+    WORK/model-PRESET in a child process, or the one an earlier benchmark wrote in the same work
+    directory: the benchmarks that take a work directory share their artifacts through here, so
+    `loragen bench all --work-dir W` exports each once. Returns the directory and its figures: export
+    seconds and peak RSS (kept beside it in NAME.export.json, absent for an artifact this code did not
+    export) and bytes. ``adapter``: a PEFT adapter kept unmerged in the graph."""
+    from ..errors import LoragenError
+    from ..exporters import read_artifact
+
+    name = f"{preset}-{backend}-{scheme or 'unquantized'}" + (f"-slots{slots}" if slots else "") + \
+        ("-unmerged" if adapter is not None else "")
+    d = work / name
+    if d.exists():
+        have = read_artifact(d).meta.get("max_context")
+        if have != max_context:
+            raise LoragenError(f"{d} was exported with max context {have}, this run asks for {max_context}; give "
+                               f"another work directory or remove it", code="usage")
+    extra = (("--adapter-slots", slots) if slots else ()) + (("--unmerged-adapter", adapter) if adapter else ())
+    return d, cached_artifact(d, lambda out: export_child(preset_model_dir(work, preset, max_context), out, backend,
+                                                          scheme, max_context, extra))
+
+
+def cached_artifact(d: Path, make: Callable[[Path], dict]) -> dict:
+    """The figures of the artifact ``d``: ``make(d)`` exports it when missing and returns its export
+    figures, which are kept beside it (D.export.json) so that a reused artifact keeps them; plus its
+    bytes."""
+    figures = d.with_name(d.name + ".export.json")
+    if not d.exists():
+        figures.write_text(json.dumps(make(d)))
+    return {**(json.loads(figures.read_text()) if figures.exists() else {}), "artifact_bytes": dir_bytes(d)}
 
 
 def dir_bytes(path: Path) -> int:

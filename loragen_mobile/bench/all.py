@@ -3,64 +3,129 @@
 Each benchmark runs with its own defaults (the same as `loragen bench NAME`), writes its JSON and
 PNG under --out-dir, and gets a section in the report with the exact command and the machine.
 
+With --preset, every benchmark runs on that one preset's shapes (random weights) and shares one
+work directory: the model directory and each artifact (backend, quantization scheme, adapter slots,
+one KV-cache length for all) are exported once, by whichever benchmark needs it first, and reused
+by the others with their export figures. The peers compare fp32 on both backends and the ONNX int4
+pair (--precisions); `loragen bench peers --precisions 8da4w-g32` adds the ExecuTorch 8da4w pair
+(about 25 minutes of exports at the TinyLlama-1.1B shape).
+
   loragen bench all --report docs/results.md
   loragen bench all --only speedup,bundle --report bench-out/results.md
+  loragen bench all --preset tinyllama-1.1b --work-dir W --out-dir bench-out/1.1b --report bench-out/1.1b/results.md   # long
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import time
 from pathlib import Path
 
 from . import BENCHES
 
 ORDER = ("merge", "runtime", "bundle", "quant", "speedup", "peers", "serve", "cli")
+#: with --preset: the peers first (their exports are the ones the others reuse), the runtime last
+PRESET_ORDER = ("merge", "peers", "speedup", "bundle", "quant", "runtime", "serve", "cli")
+#: speedup's user input and answer tokens (its defaults), for the one KV-cache length of a preset run
+_INPUT, _ANSWER = 16, 16
 
 
 def add_arguments(p):
     p.add_argument("--out-dir", default="bench-out", help="where each benchmark writes NAME.json and NAME.png")
     p.add_argument("--report", default="bench-out/results.md", help="markdown report to write")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(ORDER)}")
+    g = p.add_argument_group("one preset, one shared work directory")
+    g.add_argument("--preset", help="run every benchmark on this preset's shapes, e.g. tinyllama-1.1b (needs --work-dir)")
+    g.add_argument("--work-dir", help="the model and artifacts, exported once and shared by the benchmarks")
+    g.add_argument("--backends", default="executorch,onnx", help="backends to export and run (default executorch,onnx)")
+    g.add_argument("--precisions", default="fp32,8da4w-b32",
+                   help="the peers' precisions, and the quantization schemes of the quant benchmark (default "
+                        "fp32,8da4w-b32: fp32 on both backends and the ONNX int4 pair)")
+    g.add_argument("--prompt-tokens", default="100,500,1000",
+                   help="speedup's system prompt lengths; the longest sets the KV-cache length of every artifact")
+    g.add_argument("--repeats", type=int, default=3, help="repeats of every timing (default 3)")
 
 
 def _available() -> dict[str, str]:
     return {k: v for k, v in BENCHES.items() if k in ORDER}
 
 
+def preset_argv(args, name: str) -> list[str]:
+    """The arguments of benchmark NAME in a --preset run (before --out)."""
+    p, w, b, rep = args.preset, args.work_dir, args.backends, str(args.repeats)
+    # one KV-cache length for all: speedup's longest prompt, and the peers' prompt + answer (their defaults)
+    ctx = str(max(max(int(x) for x in args.prompt_tokens.split(",") if x.strip()) + _INPUT + _ANSWER + 8, 128 + 32 + 1))
+    schemes = ",".join("none" if x.strip() == "fp32" else x.strip() for x in args.precisions.split(","))
+    if name == "runtime":  # every shared artifact of the preset the others exported, but the conventional graphs
+        arts = sorted(d for d in Path(w).glob(f"{p}-*") if d.is_dir() and not d.name.endswith("-unmerged")
+                      and d.name.split("-")[len(p.split("-"))] in b.split(","))
+        return ["--model", str(Path(w) / f"model-{p}"), *[x for d in arts for x in ("--artifact", str(d))],
+                "--max-context", ctx, "--repeats", rep]
+    return {"merge": ["--preset", p, "--repeats", rep],
+            "peers": ["--preset", p, "--work-dir", w, "--backends", b, "--precisions", args.precisions,
+                      "--max-context", ctx, "--repeats", rep],
+            "speedup": ["--preset", p, "--work-dir", w, "--backends", b, "--prompt-tokens", args.prompt_tokens,
+                        "--input-tokens", str(_INPUT), "--answer-tokens", str(_ANSWER), "--max-context", ctx,
+                        "--repeats", rep],
+            "bundle": ["--presets", p, "--artifacts-dir", w, "--backends", b, "--max-context", ctx, "--repeats", rep],
+            "quant": ["--presets", p, "--artifacts-dir", w, "--backends", b, "--schemes", schemes,
+                      "--max-context", ctx]}.get(name, [])
+
+
 def run(args) -> dict:
     from ..errors import LoragenError
-    from . import machine_info
+    from . import machine_info, write_json
 
     avail = _available()
-    names = [n.strip() for n in args.only.split(",")] if args.only else [n for n in ORDER if n in avail]
+    order = PRESET_ORDER if args.preset else ORDER
+    names = [n.strip() for n in args.only.split(",")] if args.only else [n for n in order if n in avail]
     bad = [n for n in names if n not in avail]
     if bad:
-        raise LoragenError(f"unknown benchmark(s) {bad}; available: {', '.join(avail)}")
+        raise LoragenError(f"unknown benchmark(s) {bad}; available: {', '.join(avail)}", code="usage")
+    if bool(args.preset) != bool(args.work_dir):
+        raise LoragenError("--preset and --work-dir go together (the preset's model and artifacts are kept in the "
+                           "work directory)", code="usage")
+    if args.preset:
+        from ..models import PRESETS
+
+        if args.preset not in PRESETS:
+            raise LoragenError(f"unknown --preset {args.preset}; known: {', '.join(PRESETS)}", code="usage")
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        names = sorted(names, key=order.index)
     out_dir = Path(args.out_dir)
-    results = {}
+    results, commands, walls = {}, {}, {}
+    t_all = time.perf_counter()
     for name in names:
         mod = importlib.import_module(f"loragen_mobile.bench.{avail[name]}")
         p = argparse.ArgumentParser()
         mod.add_arguments(p)
-        sub_args = p.parse_args(["--out", str(out_dir / f"{name}.json")])
-        results[name] = mod.run(sub_args)
-    write_report(results, Path(args.report), out_dir, machine_info())
-    print(f"wrote {args.report}")
+        argv = (preset_argv(args, name) if args.preset else []) + ["--out", str(out_dir / f"{name}.json")]
+        commands[name] = " ".join(["loragen", "bench", name, *argv])
+        t0 = time.perf_counter()
+        results[name] = mod.run(p.parse_args(argv))
+        walls[name] = time.perf_counter() - t0
+        print(f"bench {name}: {walls[name] / 60:.1f} min", flush=True)
+    total = time.perf_counter() - t_all
+    summary = {"bench": "all", "preset": args.preset, "work_dir": args.work_dir, "commands": commands,
+               "wall_s": walls, "total_wall_s": total, "machine": machine_info()}
+    write_json(summary, out_dir / "all.json")
+    write_report(results, Path(args.report), commands, walls, total, machine_info())
+    print(f"all benchmarks: {total / 60:.1f} min; wrote {args.report} and {out_dir / 'all.json'}")
     return results
 
 
-def write_report(results: dict, report: Path, out_dir: Path, machine: dict) -> None:
+def write_report(results: dict, report: Path, commands: dict, walls: dict, total: float, machine: dict) -> None:
     from ..fsutil import atomic_file
 
     lines = ["# Results", "",
-             "Regenerated by `loragen bench all --report " + str(report) + "`. Machine: "
+             f"Regenerated by `loragen bench all --report {report}` ({total / 60:.1f} min). Machine: "
              f"{machine['platform']}, {machine['cpu_count']} CPU cores, torch {machine['torch']} "
              f"({machine['torch_threads']} threads), Python {machine['python']}. Absolute times hold for this "
              "machine only; ratios are what carries over.", ""]
     for name, res in results.items():
-        lines += [f"## {name}", "", f"`loragen bench {name} --out {out_dir / (name + '.json')}` "
-                  f"(plot: `{out_dir / (name + '.png')}`)", ""]
+        png = Path(commands[name].rsplit("--out ", 1)[1]).with_suffix(".png")
+        lines += [f"## {name}", "", f"`{commands[name]}` ({walls[name] / 60:.1f} min; plot: `{png}`)", ""]
         lines += RENDER.get(name, _render_json)(res) + [""]
     report.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(report, overwrite=True) as tmp:

@@ -32,15 +32,12 @@ def add_arguments(p):
 def run(args) -> dict:
     import tempfile
 
-    import torch
     from tqdm import tqdm
 
     from ..bundle import build_bundle, bundle_adapter, bundle_swap, verify_bundle
     from ..bundle.keys import generate_keypair, load_private_key, load_public_key
     from ..exporters import get_exporter
-    from ..lora import random_adapter
-    from ..models import build_model, target_module_names
-    from . import LARGE_PRESETS, dir_bytes, machine_info, preset_model_dir, time_call, write_json
+    from . import LARGE_PRESETS, machine_info, preset_adapter, shared_export, time_call, write_json
 
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -53,30 +50,11 @@ def run(args) -> dict:
     jobs = [(p, b) for p in presets for b in backends]
     for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
         big = preset in LARGE_PRESETS
-        model_dir = preset_model_dir(work, preset)
         exp = get_exporter(backend)
         slots = args.rank if exp.has_adapter_slots else 0  # ExecuTorch: lora bundles swap in place
-        art = work / (f"{backend}-{preset}" + (f"-slots{slots}" if slots else ""))
-        if not art.exists():
-            exp.export(model_dir, art, max_context=args.max_context, adapter_slots=slots)
-        model = build_model(preset) if not big else None
-        if model is None:  # shapes only: a meta-device model is enough to size the adapter
-            from transformers import AutoModelForCausalLM
-
-            from ..models import preset_config
-
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(preset_config(preset))
-            shapes = {n: m.weight.shape for n, m in model.named_modules() if n in target_module_names(model)}
-            g = torch.Generator().manual_seed(0)
-            from ..lora import LoraAdapter
-
-            adapter = LoraAdapter({n: (torch.randn(args.rank, s[1], generator=g) * 0.01,
-                                       torch.randn(s[0], args.rank, generator=g) * 0.01) for n, s in shapes.items()},
-                                  r=args.rank, alpha=args.rank)
-        else:
-            adapter = random_adapter(model, target_module_names(model), r=args.rank, alpha=args.rank, seed=0)
-        entry = {"adapter_slots": slots, "artifact_bytes": dir_bytes(art),
+        art, figures = shared_export(work, preset, backend, None, args.max_context, slots=slots)
+        adapter = preset_adapter(preset, args.rank)
+        entry = {"adapter_slots": slots, **figures,
                  "steps": _cli_steps(work, art, adapter, f"{backend}-{preset}")}
         repeats = 1 if big else args.repeats
         loaded = exp.open_runner(art)

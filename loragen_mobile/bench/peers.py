@@ -131,7 +131,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from ..errors import LoragenError
-    from . import dir_bytes, export_child, machine_info, preset_model_dir, write_json
+    from . import cached_artifact, machine_info, preset_model_dir, shared_export, write_json
 
     if min(args.prompt_tokens, args.decode_tokens, args.repeats) < 1:
         raise LoragenError("--prompt-tokens, --decode-tokens and --repeats must be positive", code="usage")
@@ -150,34 +150,20 @@ def run(args) -> dict:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = Path(args.tool_env) if args.tool_env else Path.home() / ".cache" / "loragen-mobile" / "tools" / "optimum-executorch"
-    model_dir = preset_model_dir(work, args.preset)
+    model_dir = preset_model_dir(work, args.preset, args.max_context)
     prompt = _prompt(model_dir, args.prompt_tokens)
     prompt_file = work / ".prompt.json"
     prompt_file.write_text(json.dumps(prompt))
     result = {"bench": "peers", "preset": args.preset, "prompt_tokens": len(prompt["ids"]), "prompt_ids": prompt["ids"],
               "decode_tokens": args.decode_tokens, "repeats": args.repeats, "max_context": args.max_context,
               "machine": machine_info(), "results": {}}
-    exports: dict[Path, dict] = {}
-
-    def artifact(name: str, make) -> tuple[Path, dict]:
-        """The artifact WORK/NAME, exported by make() when missing; its export figures are kept
-        beside it, so a reused artifact keeps them."""
-        d, figures = work / name, work / f"{name}.export.json"
-        if d not in exports:
-            if not d.exists():
-                figures.write_text(json.dumps(make(d)))
-            exports[d] = {**(json.loads(figures.read_text()) if figures.exists() else {}),
-                          "artifact_bytes": dir_bytes(d)}
-        return d, exports[d]
-
     for (backend, precision), (scheme, tool, opts) in tqdm(pairs.items(), desc="peers bench", unit="pair"):
         runtime = "og" if backend == "onnx" else "executorch"
         tag = "-".join(o.split("=")[-1] for o in opts if not o.startswith("-")) or "fp32"
         try:  # a pair that fails (a peer out of memory, say) is recorded and the others still run
-            ours, ours_e = artifact(f"ours-{backend}-{scheme or 'fp32'}",
-                                    lambda d: export_child(model_dir, d, backend, scheme, args.max_context))
-            peer, peer_e = artifact(f"{tool}-{tag}",
-                                    lambda d: _peer_export(tool, model_dir, d, opts, args.max_context, env))
+            ours, ours_e = shared_export(work, args.preset, backend, scheme, args.max_context)
+            peer = work / f"{args.preset}-{tool}-{tag}"
+            peer_e = cached_artifact(peer, lambda d: _peer_export(tool, model_dir, d, opts, args.max_context, env))
             row = {"ours": {**ours_e, **_run(runtime, ours, prompt_file, args.decode_tokens, args.repeats, work)},
                    "peer": {"tool": tool, "options": opts,
                             **peer_e, **_run(runtime, peer, prompt_file, args.decode_tokens, args.repeats, work)}}

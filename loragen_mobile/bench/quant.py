@@ -36,7 +36,7 @@ def run(args) -> dict:
     from ..bundle import build_bundle
     from ..exporters import get_exporter, read_artifact
     from ..lora import LoraAdapter
-    from . import dir_bytes, export_child, machine_info, preset_model_dir, write_json
+    from . import machine_info, preset_model_dir, shared_export, write_json
 
     key = Ed25519PrivateKey.generate()
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
@@ -49,11 +49,9 @@ def run(args) -> dict:
     result = {"bench": "quant", "rank": args.rank, "max_context": args.max_context, "machine": machine_info(),
               "results": {}}
     for preset, backend, scheme in tqdm(jobs, desc="quant bench", unit="export"):
+        art_dir, entry = shared_export(work, preset, backend, scheme, args.max_context)
         model_dir = preset_model_dir(work, preset)
-        art_dir = work / f"{backend}-{preset}-{scheme or 'unquantized'}"
-        entry = {} if art_dir.exists() else export_child(model_dir, art_dir, backend, scheme, args.max_context)
         art = read_artifact(art_dir)
-        entry["artifact_bytes"] = dir_bytes(art_dir)
         enc = art.meta.get("weight_encoding")
         if enc:
             entry["quantized_weights"] = {"stored_bytes": enc["stored_bytes"], "fp32_bytes": enc["fp32_bytes"],

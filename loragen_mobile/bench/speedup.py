@@ -28,6 +28,10 @@ def add_arguments(p):
     p.add_argument("--rank", type=int, default=16, help="rank of the unmerged LoRA")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backends", default="executorch,onnx")
+    p.add_argument("--max-context", type=int, help="KV-cache length of both graphs (default: the longest prompt + "
+                                                   "input + answer + 8)")
+    p.add_argument("--work-dir", help="keep the model and the exported artifacts here and reuse them on the next run "
+                                      "(the merged graph is the one the other benchmarks export from this directory)")
     p.add_argument("--out", default="bench-out/speedup.json", help="JSON output (PNG written beside it)")
 
 
@@ -49,59 +53,49 @@ def _time(runner, ids: list[int], answer: int, repeats: int) -> dict:
             "e2e_ms_min": 1e3 * min(e2e), "e2e_ms_max": 1e3 * max(e2e)}
 
 
-def _make_models(preset: str, root: Path, max_positions: int, rank: int) -> tuple[Path, Path, Path]:
-    """(base dir, unmerged adapter dir, merged dir) with random weights and a random rank-r LoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..lora import merge_dir, random_adapter, save_peft_adapter
-    from ..models import build_tokenizer, preset_config, target_module_names
-
-    cfg = preset_config(preset)
-    cfg.max_position_embeddings = max(cfg.max_position_embeddings, max_positions)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    base = root / "base"
-    model.save_pretrained(base)
-    build_tokenizer().save_pretrained(base)
-    adapter = random_adapter(model, target_module_names(model), r=rank, alpha=rank, seed=1, std=0.02)
-    save_peft_adapter(adapter, root / "adapter", base_model=str(base))
-    merge_dir(base, root / "adapter", root / "merged")
-    return base, root / "adapter", root / "merged"
-
-
 def run(args) -> dict:
     from tqdm import tqdm
 
     from ..errors import LoragenError
     from ..exporters import get_exporter
-    from . import export_child, machine_info, write_json
+    from ..lora import save_peft_adapter
+    from . import machine_info, preset_adapter, preset_model_dir, shared_export, write_json
 
     prompts = sorted({int(x) for x in args.prompt_tokens.split(",") if x.strip()})
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not prompts or min(prompts) < 1 or args.repeats < 1 or args.input_tokens < 1:
-        raise LoragenError("--prompt-tokens, --input-tokens and --repeats must be positive")
+        raise LoragenError("--prompt-tokens, --input-tokens and --repeats must be positive", code="usage")
     bad = [b for b in backends if b not in ("executorch", "onnx")]
     if bad:
-        raise LoragenError(f"speedup runs on executorch and onnx, not {bad}")
-    ctx = max(prompts) + args.input_tokens + args.answer_tokens + 8
+        raise LoragenError(f"speedup runs on executorch and onnx, not {bad}", code="usage")
+    need = max(prompts) + args.input_tokens + args.answer_tokens + 8
+    ctx = args.max_context or need
+    if ctx < need:
+        raise LoragenError(f"--max-context {ctx} is below the {need} tokens of the longest prompt + input + answer",
+                           code="usage")
     result = {"bench": "speedup", "preset": args.preset, "rank": args.rank, "input_tokens": args.input_tokens,
-              "answer_tokens": args.answer_tokens, "repeats": args.repeats, "machine": machine_info(),
-              "backends": {}}
+              "answer_tokens": args.answer_tokens, "repeats": args.repeats, "max_context": ctx,
+              "machine": machine_info(), "backends": {}}
     with tempfile.TemporaryDirectory(prefix="loragen-speedup-") as tmp:
-        root = Path(tmp)
-        base, adapter, merged = _make_models(args.preset, root, ctx, args.rank)
+        work = Path(args.work_dir) if args.work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        # random weights: the merged graph has the base model's shapes and ops, so the base artifact
+        # times LoRA-Gen's merged model; the conventional graph keeps a random rank-r LoRA unmerged
+        base = preset_model_dir(work, args.preset, ctx)
+        adapter = work / f"adapter-{args.preset}-r{args.rank}"
+        if not adapter.exists():
+            save_peft_adapter(preset_adapter(args.preset, args.rank, seed=1), adapter, base_model=str(base))
         bar = tqdm(total=len(backends) * (2 + len(prompts)), desc="speedup bench", unit="step")
         for b in backends:
             bar.set_postfix_str(f"{b}: export prompt + unmerged LoRA")
-            exports = {"conventional": export_child(base, root / f"{b}-lora", b, None, ctx,
-                                                    ("--unmerged-adapter", adapter))}
+            conv_dir, conv_e = shared_export(work, args.preset, b, None, ctx, adapter=adapter)
             bar.update()
             bar.set_postfix_str(f"{b}: export merged")
-            exports["loragen"] = export_child(merged, root / f"{b}-merged", b, None, ctx)
+            ours_dir, ours_e = shared_export(work, args.preset, b, None, ctx)
             bar.update()
-            conv = get_exporter(b).open_runner(root / f"{b}-lora")
-            ours = get_exporter(b).open_runner(root / f"{b}-merged")
+            exports = {"conventional": conv_e, "loragen": ours_e}
+            conv = get_exporter(b).open_runner(conv_dir)
+            ours = get_exporter(b).open_runner(ours_dir)
             user = [1] + [40 + (i % 200) for i in range(args.input_tokens - 1)]
             t_ours = _time(ours, user, args.answer_tokens, args.repeats)
             rows = []
