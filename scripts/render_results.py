@@ -1,5 +1,7 @@
-"""Render docs/results.md's accuracy table from the evaluation reports in docs/eval/ (written by
-scripts/make-results.sh); with --check, fail if the document does not hold exactly that table."""
+"""Render docs/results.md's generated blocks: the accuracy table from the evaluation reports in
+docs/eval/ (written by scripts/make-results.sh), and the full-size benchmark tables from the JSON
+files of one `loragen bench all --preset tinyllama-1.1b` run in docs/bench/tinyllama-1.1b/. With
+--check, fail if the document does not hold exactly those blocks."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- accuracy-table:begin (scripts/make-results.sh) -->", "<!-- accuracy-table:end -->"
+BENCH_BEGIN = "<!-- bench-tinyllama-1.1b:begin (scripts/render_results.py, from docs/bench/tinyllama-1.1b/) -->"
+BENCH_END = "<!-- bench-tinyllama-1.1b:end -->"
 #: (table name, report file) in table order
 REPORTS = [("tiny-llama", "tiny-llama-unseen.json"), ("tiny-llama", "tiny-llama-seen.json"),
            ("tiny-gemma", "tiny-gemma-unseen.json"), ("tiny-gemma", "tiny-gemma-seen.json")]
@@ -23,14 +27,24 @@ def table() -> str:
     return format_markdown(reports)
 
 
+def bench() -> str:
+    from loragen_mobile.bench.all import render_run
+
+    return render_run(ROOT / "docs" / "bench" / "tinyllama-1.1b").rstrip()
+
+
+def _fill(text: str, begin: str, end: str, body: str) -> str:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def render(text: str) -> str:
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+    return _fill(_fill(text, BEGIN, END, table()), BENCH_BEGIN, BENCH_END, bench())
 
 
 if __name__ == "__main__":
     text = DOC.read_text()
     if sys.argv[1:] == ["--check"]:
-        sys.exit(0 if render(text) == text else f"{DOC} does not hold the table rendered from docs/eval/")
+        sys.exit(0 if render(text) == text else f"{DOC} does not hold the blocks rendered from docs/eval/ and docs/bench/")
     DOC.write_text(render(text))

@@ -42,8 +42,13 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
     before = _digest(art)
     work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "tiny-llama-onnx-unquantized")
     out = tmp_path / "bundle.json"
-    assert main(["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
-                 "--max-context", str(MAX_CTX), "--artifacts-dir", str(work), "--out", str(out)]) == 0
+    argv = ["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
+            "--artifacts-dir", str(work), "--out", str(out)]
+    # an artifact of the work directory is reused only for the KV-cache length it was exported with
+    assert main(argv + ["--max-context", str(2 * MAX_CTX)]) == 2
+    assert f"exported with max context {MAX_CTX}, this run asks for {2 * MAX_CTX}" in capsys.readouterr().err
+    assert not out.exists() and _digest(art) == before
+    assert main(argv + ["--max-context", str(MAX_CTX)]) == 0
     e = json.loads(out.read_text())["results"]["tiny-llama"]["onnx"]
     model = build_model("tiny-llama")
     adapter = random_adapter(model, target_module_names(model), r=16, alpha=16, seed=0)

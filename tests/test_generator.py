@@ -430,8 +430,9 @@ def test_bundle_build_from_generator_matches_the_merged_pytorch_model(tmp_path, 
 
 
 def test_results_accuracy_table_is_rendered_from_the_reports():
-    """docs/results.md's accuracy table is exactly what scripts/render_results.py renders from the
-    reports in docs/eval/ (no hand-typed figure)."""
+    """docs/results.md's accuracy table and full-size benchmark tables are exactly what
+    scripts/render_results.py renders from the reports in docs/eval/ and the JSON files of the
+    full-size run in docs/bench/ (no hand-typed figure)."""
     import importlib.util
 
     root = Path(__file__).resolve().parent.parent
@@ -442,3 +443,5 @@ def test_results_accuracy_table_is_rendered_from_the_reports():
     assert mod.render(text) == text
     table = text.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0]
     assert table.count("\n| tiny-") >= 4  # both presets, unseen and seen
+    bench = text.split(mod.BENCH_BEGIN, 1)[1].split(mod.BENCH_END, 1)[0]
+    assert bench.count("`loragen bench ") >= 6 and "| onnx/fp32 | og-builder |" in bench
