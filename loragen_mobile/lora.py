@@ -171,7 +171,7 @@ def load_peft_adapter(path: str | os.PathLike) -> LoraAdapter:
 def merged_tensors(base: Mapping[str, torch.Tensor], adapter: LoraAdapter) -> dict[str, torch.Tensor]:
     """The replacement weights ``W + scale * B @ A`` of every module the adapter touches.
 
-    ``base`` maps parameter names (``<module>.weight``) to weights. Accumulates in fp32, casts back
+    ``base`` maps parameter names (``<module>.weight``) to weights. Accumulates in fp64, casts back
     to each weight's dtype. Checks every shape before computing anything and refuses NaN/Inf
     results, naming the tensor. Returns only the touched tensors; ``base`` is not modified.
     """
@@ -191,35 +191,37 @@ def merged_tensors(base: Mapping[str, torch.Tensor], adapter: LoraAdapter) -> di
     return {key: _merge_one(key, w, a, b, adapter.scale) for key, w, a, b in plan}
 
 
-# rows per block: the block's fp32 accumulators stay within a typical L2 cache (~1 MiB)
+# rows per block: the block's fp64 accumulators stay within a typical L2 cache (~2 MiB)
 _BLOCK_ELEMS = 1 << 18
 
 
 def _merge_one(key: str, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """W + scale * (B @ A), one block of rows at a time: fp32 accumulation (one GEMM with beta=1),
-    one rounding to W's dtype, and the NaN/Inf/overflow check while the block is still in cache."""
+    """W + scale * (B @ A), one block of rows at a time: fp64 accumulation (one GEMM with beta=1),
+    one rounding to W's dtype, and the NaN/Inf/overflow check while the block is still in cache.
+
+    fp64 makes the result independent of the CPU's GEMM kernel: each product of two fp32 factors is
+    exact in fp64, the rank-r sum's rounding error is far below fp32's, so the one rounding to W's
+    dtype gives the same bits on every machine (the BLAS's fp32 kernels differ in their order of
+    accumulation between CPU generations, which moved results by one fp32 ulp). It is also what a
+    phone computes for a lora bundle (:func:`loragen_mobile.quant.device_merge`), up to that
+    rounding error."""
     out = torch.empty_like(w)
-    af, bf = a.float(), b.float()
+    af, bf = a.to(torch.float64), b.to(torch.float64)
     rows = max(1, _BLOCK_ELEMS // w.shape[1])
-    half = w.dtype != torch.float32
-    buf = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=torch.float32) if half else None
+    buf = torch.empty(min(rows, w.shape[0]), w.shape[1], dtype=torch.float64)
     if not math.isfinite(scale):
         raise LoragenError(f"LoRA scale of {key} is {scale}; refusing to merge", code="adapter")
     limit = min(torch.finfo(w.dtype).max, MAX_ABS_WEIGHT)
     for i in range(0, w.shape[0], rows):
         j = min(i + rows, w.shape[0])
-        if half:
-            acc = buf[: j - i]
-            acc.copy_(w[i:j])
-            torch.addmm(acc, bf[i:j], af, alpha=scale, out=acc)
-        else:
-            acc = torch.addmm(w[i:j], bf[i:j], af, alpha=scale, out=out[i:j])
+        acc = buf[: j - i]
+        acc.copy_(w[i:j])
+        torch.addmm(acc, bf[i:j], af, alpha=scale, out=acc)
         lo, hi = torch.aminmax(acc)  # NaN propagates; +-Inf or values beyond the bound fail
         if not (-limit <= float(lo) and float(hi) <= limit):
             raise LoragenError(f"merge of {key} produced NaN or Inf values or a weight beyond +-{limit:g}; "
                                "refusing to merge (nothing was written)", code="merge")
-        if half:
-            out[i:j].copy_(acc)
+        out[i:j].copy_(acc)
     return out
 
 

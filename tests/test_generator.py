@@ -243,8 +243,8 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, preset_dirs, ge
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, preset_dirs, gen_data):
-    """DDP over gloo with the same global batch: losses equal to 1e-5 (dropout off so both runs
-    draw no random masks)."""
+    """DDP over gloo with the same global batch: first-step losses equal to 1e-5, later ones to
+    5e-5 (dropout off so both runs draw no random masks)."""
     cfg = _write_cfg(tmp_path, max_steps=3, cloud_lora_dropout=0.0, tasks_per_step=4)
     common = ["--config", cfg, "--edge", preset_dirs["tiny-llama"], "--data", gen_data, "--no-progress"]
     r = _loragen("train", *common, "--out", tmp_path / "one")
@@ -257,9 +257,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path, preset_dirs, gen_dat
     one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert len(one) == len(two) == 3
-    for x, y in zip(one, two):
-        assert abs(x["lm_loss"] - y["lm_loss"]) <= 1e-5
-        assert abs(x["cv_loss"] - y["cv_loss"]) <= 1e-5
+    # the first step's losses come from the same weights; the later ones from weights that the
+    # differently ordered all-reduce moved by up to a learning rate in a few elements (see below):
+    # 1.01e-5 apart at the third step on an AVX-512 machine
+    for i, (x, y) in enumerate(zip(one, two)):
+        tol = 1e-5 if i == 0 else 5e-5
+        assert abs(x["lm_loss"] - y["lm_loss"]) <= tol
+        assert abs(x["cv_loss"] - y["cv_loss"]) <= tol
     # the all-reduced gradient of the first step (same weights on both sides), by its norm before
     # clipping: catches a wrong loss scale, which the losses alone would not (Adam is scale-free)
     assert abs(one[0]["grad_norm"] - two[0]["grad_norm"]) <= 1e-6 * one[0]["grad_norm"]

@@ -44,8 +44,12 @@ def test_merge_parity_with_peft(tmp_path, preset, dtype):
         assert wdiff <= 1e-6
         assert (peft_logits - our_logits).abs().max().item() <= 1e-5
     else:
-        # same fp32 accumulation and one rounding: the merged half-precision weights are identical
-        assert wdiff == 0.0
+        # one rounding of the same sum (PEFT accumulates in fp32, we in fp64): where the two sums round
+        # differently the weights are one ulp apart, and ulp(x) <= eps * |x|
+        eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
+        for k in ours_sd:
+            a, b = merged[k].float(), ours_sd[k].float()
+            assert ((a - b).abs() <= eps * a.abs().clamp_min(tiny)).all(), k
         # unmerged PEFT computes in half precision along another path: a few half-precision ulps
         assert (peft_logits - our_logits).abs().max().item() <= 0.05
 

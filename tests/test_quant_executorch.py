@@ -19,13 +19,14 @@ from loragen_mobile.models import load_model
 
 EXP = get_exporter("executorch")
 SCHEME = "8da4w-g32"
-# One quantized ExecuTorch export (about 2 minutes): tiny-llama. tiny-gemma's was measured at 0.01-0.06
-# from its same-scheme reference (HF's gelu-tanh/attention against the wrapper's differ by ulps, and an
-# ulp can flip one step of the dynamic int8 activation quantization, ~0.05 logits on these random
-# std-0.15 models: the exporter's same_scheme_threshold, 0.1), greedy tokens exact; its Gemma paths are
-# tested quantized on ONNX and Core ML and unquantized on ExecuTorch.
+# One quantized ExecuTorch export (about 2 minutes): tiny-llama. The program matches its same-scheme
+# reference to ~2e-6 where XNNPACK's float ops round as eager PyTorch's do (an AVX2 machine); elsewhere
+# an ulp can flip one step of the dynamic int8 activation quantization, ~0.05-0.13 logits on these
+# random std-0.15 models (measured on an AVX-512 machine, tiny-gemma alike): the exporter's
+# same_scheme_threshold (validation.THRESHOLDS["dynamic_int8"]), greedy tokens exact; a wrong scale or
+# layout is off by units. Gemma paths are tested quantized on ONNX and Core ML and unquantized here.
 PRESETS = ("tiny-llama",)
-SAME_SCHEME_BOUND = {"tiny-llama": 1e-4}
+SAME_SCHEME_BOUND = {"tiny-llama": EXP.same_scheme_threshold}
 
 
 def _art(quant_artifacts, preset):
@@ -41,7 +42,7 @@ def test_validate_same_scheme(quant_artifacts, model_dirs, preset):
     same = [c for n, c in checks.items() if n.endswith("_logits") and not n.startswith("fp32_")]
     fp32 = [c for n, c in checks.items() if n.endswith("_logits") and n.startswith("fp32_")]
     assert len(same) == 9 and len(fp32) == 9
-    # the program computes what the XNNPACK-exact eager reference computes (measured ~2e-6)
+    # the program computes what the XNNPACK-exact eager reference computes (~2e-6, or int8 steps apart)
     assert all(c.value <= SAME_SCHEME_BOUND[preset] for c in same), rep.summary()
     assert rep.ok, rep.summary()
     assert checks["greedy_tokens"].ok and checks["config_hash"].ok and checks["fingerprint"].ok

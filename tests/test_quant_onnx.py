@@ -12,6 +12,7 @@ from loragen_mobile.exporters.artifact import read_artifact
 from loragen_mobile.exporters.common import Reference
 from loragen_mobile.exporters.onnx import ACCURACY_LEVEL, MODEL, part_keys
 from loragen_mobile.exporters.pipeline import fake_quantize
+from loragen_mobile.exporters.validation import THRESHOLDS
 from loragen_mobile.models import load_model
 
 PROMPT = [1, 72, 105, 33, 32, 119, 101, 108]
@@ -90,7 +91,8 @@ def test_quantized_export_bytes_and_runtimes(case, quant_artifacts, model_dirs):
     assert rep.ok, rep.summary()
     assert checks["fp32_prefill_logits"].value > 100 * checks["prefill_logits"].value
     same = [c.value for n, c in checks.items() if n.endswith("_logits") and not n.startswith("fp32_")]
-    assert len(same) == 9 and max(same) <= 1e-4, same
+    # ~3e-7 where onnxruntime's float kernels round as eager PyTorch's (AVX2); int8 steps apart elsewhere
+    assert len(same) == 9 and max(same) <= THRESHOLDS["dynamic_int8"], same
     assert checks["greedy_tokens"].ok and checks["fingerprint"].ok and checks["config_hash"].ok
     assert all(checks[n].value is not None for n in checks if n.startswith("fp32_") and n.endswith("_logits"))
 
@@ -205,8 +207,10 @@ def test_locate_slots_refuses_bytes_off_the_rule(quant_artifacts, model_dirs):
 
 def test_int8_activation_scheme(quant_artifacts, model_dirs):
     """``8da4w-b32``: the same stored bytes as ``int4-b32``, every MatMulNBits at accuracy_level 4;
-    onnxruntime and onnxruntime-genai compute what the eager model computes with the stored weights
-    and int8 block-quantized inputs (ort_qd8), and not what it computes with fp32 inputs."""
+    onnxruntime and onnxruntime-genai give the greedy tokens of the eager model with the stored weights
+    and int8 block-quantized inputs (ort_qd8). On a CPU whose kernel computes exactly that (AVX2), the
+    logits match it and not the fp32-input model's; elsewhere (AVX-512) they stay within validation's
+    ``dynamic_int8`` bound."""
     import onnx
 
     exp = get_exporter("onnx")
@@ -225,11 +229,14 @@ def test_int8_activation_scheme(quant_artifacts, model_dirs):
     checks = {c.name: c for c in rep.checks}
     assert rep.ok, rep.summary()
     same = [c.value for n, c in checks.items() if n.endswith("_logits") and not n.startswith("fp32_")]
-    assert len(same) == 9 and max(same) <= 1e-4, same
+    # ~3e-7 where onnxruntime's float kernels round as eager PyTorch's (AVX2); int8 steps apart elsewhere
+    assert len(same) == 9 and max(same) <= THRESHOLDS["dynamic_int8"], same
 
     ref = Reference(exp.reference_model(art, load_model(model_dirs["tiny-llama"], dtype=torch.float32)))
     fp32_inputs = Reference(fake_quantize(load_model(model_dirs["tiny-llama"], dtype=torch.float32), art))
     want = ref.generate(PROMPT, N_NEW)
     assert exp.open_runner(art).generate(PROMPT, N_NEW) == og_greedy(art.path, PROMPT, N_NEW) == want
     near, far = max(_logit_diffs(exp.open_runner(art), ref, PROMPT)), max(_logit_diffs(exp.open_runner(art), fp32_inputs, PROMPT))
-    assert near <= 1e-4 and far > 100 * near, (near, far)
+    assert near <= THRESHOLDS["dynamic_int8"], (near, far)
+    if near <= 1e-4:  # a CPU whose kernel computes exactly what ort_qd8 emulates (AVX2): not fp32 inputs
+        assert far > 100 * near, (near, far)

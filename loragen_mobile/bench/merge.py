@@ -1,6 +1,6 @@
 """Merge speed: a rank-16 FFN LoRA into every layer of the tinyllama-1.1b shapes.
 
-Compares loragen's merge (fp32 accumulation, NaN/Inf check) with a plain tensor copy of the
+Compares loragen's merge (fp64 accumulation, NaN/Inf check) with a plain tensor copy of the
 same bytes and with PEFT's merge_and_unload, in fp32 and fp16. Effective GB/s counts the bytes
 of W read plus W written. Writes JSON and a PNG bar chart.
 """

@@ -433,7 +433,7 @@ def _check_data_type(name: str, e: dict, te) -> None:
 def swap_tensors(vb: VerifiedBundle, base: Mapping[str, torch.Tensor] | None = None,
                  mapped: bool = False) -> LazyTensors:
     """Parameter (or quantized part) name -> replacement tensor, each made when it is read. lora
-    kind: merged here on the host (fp32 accumulation, output in the slot dtype) from ``base``, the
+    kind: merged here on the host (fp64 accumulation, output in the slot dtype) from ``base``, the
     artifact's own values.
 
     ``mapped`` (a merged bundle verified from a file): each tensor is a read-only view of the file's

@@ -50,6 +50,7 @@ from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, sl
 from .common import PastKVLM, _dims as d
 from .pipeline import ExportJob, Exporter, fake_quantize, quantizable_linears
 from .runner import Runner
+from .validation import THRESHOLDS
 
 MODEL = "model.onnx"
 FOUNDATION = "model.onnx.data"
@@ -296,6 +297,13 @@ class ONNXExporter(Exporter):
                     or w.get("length") != str(s.nbytes)):
                 raise slot_corrupt(root, s, f"is not the external data of initializer {s.key} in {SWAP}")
         return super().slot_offsets(root, slots)  # the recorded offsets, checked to lie inside the file
+
+    def scheme_threshold(self, art: Artifact) -> float:
+        """int8 activations (``accuracy_level`` 4) are quantized at run time: validation.py's
+        ``dynamic_int8`` bound; fp32 activations: the tight same-scheme one."""
+        if art.meta["quantized_op"]["accuracy_level"] == 4:
+            return THRESHOLDS["dynamic_int8"]
+        return self.same_scheme_threshold
 
     def reference_model(self, art: Artifact, model) -> torch.nn.Module:
         """The stored weights (:func:`fake_quantize`); with int8 activations, each quantized linear's

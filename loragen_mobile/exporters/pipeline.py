@@ -397,7 +397,11 @@ class Exporter:
         check_logits(report, self.open_runner(art), model, prompt, steps, THRESHOLDS[f"int{bits}"], prefix="fp32_",
                      report_only=True)
         check_logits(report, self.open_runner(art), self.reference_model(art, model), prompt, steps,
-                     self.same_scheme_threshold, exact_greedy=True)
+                     self.scheme_threshold(art), exact_greedy=True)
+
+    def scheme_threshold(self, art: Artifact) -> float:
+        """Hook: the bound on a quantized artifact's distance from its same-scheme eager model."""
+        return self.same_scheme_threshold
 
     def reference_model(self, art: Artifact, model) -> torch.nn.Module:
         """Hook: the eager model quantized with the artifact's scheme (what the artifact must

@@ -13,8 +13,14 @@ from .runner import Runner
 
 # Validation thresholds (max abs logits difference vs eager PyTorch fp32), per precision; a quantized
 # artifact vs fp32 (reported, looser: "int8"/"int4") and vs the same-scheme quantized eager model
-# ("same_scheme", tight: a wrong scale, code or layout is far above it).
-THRESHOLDS = {"fp32": 1e-4, "fp16": 5e-2, "int8": 0.25, "int4": 1.0, "same_scheme": 2e-2}
+# ("same_scheme", tight: a wrong scale, code or layout is far above it). Schemes that quantize the
+# activations to int8 at run time ("dynamic_int8"): a float rounding difference between the runtime's
+# kernels and eager PyTorch can move one activation by one int8 step. On an AVX2 machine the runtimes
+# matched the eager emulation to ~1e-6; on an AVX-512 (VNNI) machine their kernels compute
+# differently, 0.05-0.2 logits from it on the random test models (onnxruntime's int8-activation
+# MatMulNBits about as far from the emulation as from fp32 inputs there). A wrong scale or layout is
+# off by units.
+THRESHOLDS = {"fp32": 1e-4, "fp16": 5e-2, "int8": 0.25, "int4": 1.0, "same_scheme": 2e-2, "dynamic_int8": 0.5}
 
 
 @dataclass

@@ -78,7 +78,7 @@ def main(dump: Path) -> int:
         plan = expected[name]["swap_plan"]
         want = {v["key"]: v["sha256"] for v in plan.values()}
         got = {k: hashlib.sha256(v[0]).hexdigest() for k, v in s.items()}
-        if name == "executorch-lora":  # fp32 lora: the Kotlin merge may differ from MKL's in the last bits
+        if name == "executorch-lora":  # fp32 lora: the Kotlin fp32 merge may differ from Python's fp64 one in the last bit
             same = set(got) == set(want)
         else:
             same = got == want

@@ -106,9 +106,9 @@ object SwapPlan {
  *
  * Arithmetic, fixed so every device gives the same bits: for each element,
  * `acc = fma(B[i,k], A[k,j], acc)` for k = 0..r-1 from acc = 0, then `fma(scale, acc, W[i,j])`
- * in fp32, then (fp16/bf16 slots) one round-to-nearest-even. PyTorch's host merge (an MKL/OpenBLAS
- * sgemm) picks its summation order per matrix shape, so for fp32 slots the two agree exactly only
- * where that order matches (see android_demo/README.md for the measured difference and the bound
+ * in fp32, then (fp16/bf16 slots) one round-to-nearest-even. Python's host merge accumulates in fp64
+ * and rounds once, so for fp32 slots the two agree exactly only where this fp32 sequence gives the
+ * correctly rounded value (see android_demo/README.md for the measured difference and the bound
  * `|kotlin - python| <= (r + 2) * 2^-24 * (|W| + |scale| * sum_k |B[i,k]| |A[k,j]|)` that the
  * tests assert); for fp16 slots the final rounding absorbs the difference on the golden vectors.
  *

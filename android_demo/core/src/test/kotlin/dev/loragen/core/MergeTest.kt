@@ -68,7 +68,7 @@ class MergeTest {
                     total++
                 }
             }
-            println("  $n: $exactCount/$total elements bit-identical to Python's MKL merge; worst |diff| = ${"%.3f".format(worst)} of the bound")
+            println("  $n: $exactCount/$total elements bit-identical to Python's fp64 merge; worst |diff| = ${"%.3f".format(worst)} of the bound")
             return worst
         }
     }
