@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,4 +169,9 @@ class Dist:
 
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
+            # gloo's worker thread may still be releasing the last collective's work, which needs the
+            # GIL; destroying the group joins that thread while this one holds the GIL, and both then
+            # wait forever (seen once under torchrun with 2 CPU ranks, in the torch 2.13 destructor).
+            # Hand the GIL over first.
+            time.sleep(0.2)
             torch.distributed.destroy_process_group()

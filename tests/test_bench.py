@@ -118,3 +118,18 @@ def test_bench_all_preset_exports_each_artifact_once_and_the_peers_match_transfo
     report = (out / "results.md").read_text()
     assert f"`loragen bench peers --preset tiny-llama --work-dir {work} --backends onnx" in report
     assert "| onnx/fp32 | og-builder |" in "\n".join(_render_peers(res["peers"]))
+
+
+def test_bench_all_refuses_bad_preset_arguments_in_one_line(tmp_path, capsys):
+    """Bad `bench all --preset` arguments: exit 2, one line naming the problem, nothing created."""
+    work = tmp_path / "w"
+    cases = [(["--preset", "tiny-llama"], "--preset and --work-dir go together"),
+             (["--preset", "no-such", "--work-dir", str(work)], "unknown --preset no-such"),
+             (["--preset", "tiny-llama", "--work-dir", str(work), "--prompt-tokens", "100,abc"],
+              "--prompt-tokens takes positive token counts"),
+             (["--preset", "tiny-llama", "--work-dir", str(work), "--repeats", "0"], "--repeats must be at least 1")]
+    for argv, msg in cases:
+        assert main(["bench", "all", *argv, "--out-dir", str(tmp_path / "out")]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (argv, err)
+    assert not work.exists() and not (tmp_path / "out").exists()

@@ -252,7 +252,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, preset_dirs, gen_dat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", "29571", "-m", "loragen_mobile", "train", *map(str, common),
-                        "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
+                        "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]

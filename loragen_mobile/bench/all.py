@@ -91,6 +91,10 @@ def run(args) -> dict:
 
         if args.preset not in PRESETS:
             raise LoragenError(f"unknown --preset {args.preset}; known: {', '.join(PRESETS)}", code="usage")
+        lengths = [x.strip() for x in args.prompt_tokens.split(",") if x.strip()]
+        if not lengths or not all(x.isdigit() and int(x) > 0 for x in lengths) or args.repeats < 1:
+            raise LoragenError(f"--prompt-tokens takes positive token counts (e.g. 100,500,1000), got "
+                               f"{args.prompt_tokens!r}; --repeats must be at least 1", code="usage")
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         names = sorted(names, key=order.index)
     out_dir = Path(args.out_dir)

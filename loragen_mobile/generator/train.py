@@ -185,6 +185,7 @@ def train(cfg: GeneratorConfig, edge_dir: str | os.PathLike, data: str | os.Path
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
+        model = None  # DistributedDataParallel's reducer holds the process group: release it first
         dist.close()
 
 
