@@ -6,7 +6,9 @@ For the same edge model, on ExecuTorch (XNNPACK) and onnxruntime:
   loragen       the user input alone, through the graph with the LoRA merged into the weights.
 Measured: prefill (= time to first token) and prefill + a short answer, medians and spread over
 repeated runs, for P from 100 to 2,000 tokens. Ratios are the result; absolute times only go with
-the machine they came from. Random weights: timing does not depend on them.
+the machine they came from. Random weights: timing does not depend on them, so the merged graph is
+timed on the base model's artifact (same ops and shapes), the one the other benchmarks of a shared
+--work-dir export.
 
   loragen bench speedup --out bench-out/speedup.json
   loragen bench speedup --preset tinyllama-1.1b --prompt-tokens 100,500,1000 --repeats 3   # long
