@@ -27,8 +27,6 @@ from . import BENCHES
 ORDER = ("merge", "runtime", "bundle", "quant", "speedup", "peers", "serve", "cli")
 #: with --preset: the peers first (their exports are the ones the others reuse), the runtime last
 PRESET_ORDER = ("merge", "peers", "speedup", "bundle", "quant", "runtime", "serve", "cli")
-#: speedup's user input and answer tokens (its defaults), for the one KV-cache length of a preset run
-_INPUT, _ANSWER = 16, 16
 
 
 def add_arguments(p):
@@ -51,11 +49,21 @@ def _available() -> dict[str, str]:
     return {k: v for k, v in BENCHES.items() if k in ORDER}
 
 
+def _defaults(name: str) -> argparse.Namespace:
+    """Benchmark NAME's option defaults."""
+    p = argparse.ArgumentParser()
+    importlib.import_module(f"loragen_mobile.bench.{BENCHES[name]}").add_arguments(p)
+    return p.parse_args([])
+
+
 def preset_argv(args, name: str) -> list[str]:
     """The arguments of benchmark NAME in a --preset run (before --out)."""
     p, w, b, rep = args.preset, args.work_dir, args.backends, str(args.repeats)
-    # one KV-cache length for all: speedup's longest prompt, and the peers' prompt + answer (their defaults)
-    ctx = str(max(max(int(x) for x in args.prompt_tokens.split(",") if x.strip()) + _INPUT + _ANSWER + 8, 128 + 32 + 1))
+    # one KV-cache length for all: speedup's longest prompt + input + answer, and the peers' prompt +
+    # answer (each with its defaults)
+    sp, pe = _defaults("speedup"), _defaults("peers")
+    longest = max(int(x) for x in args.prompt_tokens.split(",") if x.strip())
+    ctx = str(max(longest + sp.input_tokens + sp.answer_tokens + 8, pe.prompt_tokens + pe.decode_tokens + 1))
     schemes = ",".join("none" if x.strip() == "fp32" else x.strip() for x in args.precisions.split(","))
     if name == "runtime":  # every shared artifact of the preset the others exported, but the conventional graphs
         arts = sorted(d for d in Path(w).glob(f"{p}-*") if d.is_dir() and not d.name.endswith("-unmerged")
@@ -66,7 +74,7 @@ def preset_argv(args, name: str) -> list[str]:
             "peers": ["--preset", p, "--work-dir", w, "--backends", b, "--precisions", args.precisions,
                       "--max-context", ctx, "--repeats", rep],
             "speedup": ["--preset", p, "--work-dir", w, "--backends", b, "--prompt-tokens", args.prompt_tokens,
-                        "--input-tokens", str(_INPUT), "--answer-tokens", str(_ANSWER), "--max-context", ctx,
+                        "--input-tokens", str(sp.input_tokens), "--answer-tokens", str(sp.answer_tokens), "--max-context", ctx,
                         "--repeats", rep],
             "bundle": ["--presets", p, "--artifacts-dir", w, "--backends", b, "--max-context", ctx, "--repeats", rep],
             "quant": ["--presets", p, "--artifacts-dir", w, "--backends", b, "--schemes", schemes,
