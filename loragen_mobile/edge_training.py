@@ -140,5 +140,8 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
 
         (tmp / "loragen_edge_training.json").write_text(json.dumps(
             {"config": asdict(cfg), "data": str(data), "examples": len(examples),
-             "final_loss": sum(losses[-20:]) / len(losses[-20:])}, indent=2) + "\n")
+             "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+             # the mean loss of every 100 steps: a run stalled on a plateau shows here
+             "loss_per_100_steps": [round(sum(c) / len(c), 4) for c in
+                                    (losses[i:i + 100] for i in range(0, len(losses), 100))]}, indent=2) + "\n")
     return {"out": str(out), "steps": cfg.max_steps, "final_loss": sum(losses[-20:]) / len(losses[-20:])}

@@ -101,6 +101,15 @@ def remove_empty_dirs(dirs: list[Path]) -> None:
             break  # not empty (someone else wrote there) or already gone
 
 
+def _default_mode(mode: int) -> int:
+    """``mode`` under the process's umask: what ``open``/``mkdir`` would give a new file or directory
+    (``tempfile`` makes its temporaries 0600/0700, too strict for a model directory or bundle that
+    another user or a web server reads)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def temp_prefix(out: Path) -> str:
     """The name prefix of this process's temporaries for ``out`` (``clean_stale_temporaries`` removes
     them once the process is gone)."""
@@ -115,6 +124,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         clean_stale_temporaries(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+        os.chmod(tmp, _default_mode(0o777))
     except BaseException:
         remove_empty_dirs(created)
         raise
@@ -140,6 +150,7 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         clean_stale_temporaries(out.parent)
         fd, name = tempfile.mkstemp(prefix=temp_prefix(out), dir=out.parent)
         os.close(fd)
+        os.chmod(name, _default_mode(0o666))
     except BaseException:
         remove_empty_dirs(created)
         raise

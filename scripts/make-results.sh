@@ -2,15 +2,17 @@
 # Evaluate the shipped checkpoints (loragen_mobile/assets) on the built-in suites, seed 0: every
 # method and control on the unseen tasks, all but the per-task LoRA on the seen tasks; writes
 # docs/eval/<preset>-<split>.json and renders docs/results.md's accuracy table from them.
-# Usage: bash scripts/make-results.sh [WORKDIR]
+# Usage: bash scripts/make-results.sh [WORKDIR] [PRESET...]   (default: tiny-llama tiny-gemma)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LORAGEN=${LORAGEN:-.venv/bin/loragen}
 W=${1:-$(mktemp -d)}
+shift || true
+if [ $# -gt 0 ]; then PRESETS=("$@"); else PRESETS=(tiny-llama tiny-gemma); fi
 for S in train seen unseen; do
   $LORAGEN data make --suite all --split $S --out "$W/$S.jsonl" --seed 0
 done
-for P in tiny-llama tiny-gemma; do
+for P in "${PRESETS[@]}"; do
   G=loragen_mobile/assets/$P-generator
   [ -d "$G" ] || { echo "no shipped checkpoints for $P (bash scripts/make-assets.sh WORKDIR $P builds them)"; continue; }
   $LORAGEN eval --generator $G --data "$W/unseen.jsonl" --train-data "$W/train.jsonl" --out "docs/eval/$P-unseen.json"

@@ -1,5 +1,6 @@
 """Render docs/results.md's generated blocks: the accuracy table from the evaluation reports in
-docs/eval/ (written by scripts/make-results.sh), and the full-size benchmark tables from the JSON
+docs/eval/ (written by scripts/make-results.sh), LoRA-Gen over generator seeds from the reports of
+scripts/make-seeds.sh, and the full-size benchmark tables from the JSON
 files of one `loragen bench all --preset tinyllama-1.1b` run in docs/bench/tinyllama-1.1b/. With
 --check, fail if the document does not hold exactly those blocks."""
 
@@ -14,6 +15,7 @@ DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- accuracy-table:begin (scripts/make-results.sh) -->", "<!-- accuracy-table:end -->"
 BENCH_BEGIN = "<!-- bench-tinyllama-1.1b:begin (scripts/render_results.py, from docs/bench/tinyllama-1.1b/) -->"
 BENCH_END = "<!-- bench-tinyllama-1.1b:end -->"
+SEEDS_BEGIN, SEEDS_END = "<!-- seed-table:begin (scripts/make-seeds.sh) -->", "<!-- seed-table:end -->"
 #: (table name, report file) in table order
 REPORTS = [("tiny-llama", "tiny-llama-unseen.json"), ("tiny-llama", "tiny-llama-seen.json"),
            ("tiny-gemma", "tiny-gemma-unseen.json"), ("tiny-gemma", "tiny-gemma-seen.json")]
@@ -25,6 +27,18 @@ def table() -> str:
     reports = [(name, json.loads((ROOT / "docs" / "eval" / f).read_text())) for name, f in REPORTS
                if (ROOT / "docs" / "eval" / f).is_file()]
     return format_markdown(reports)
+
+
+def seeds() -> str:
+    from loragen_mobile.generator.evaluate import format_seed_table
+
+    rows = []
+    for name in ("tiny-llama", "tiny-gemma"):
+        base = ROOT / "docs" / "eval" / f"{name}-unseen.json"
+        others = sorted((ROOT / "docs" / "eval").glob(f"{name}-unseen-seed*.json"))
+        if base.is_file() and others:
+            rows.append((name, json.loads(base.read_text()), [json.loads(f.read_text()) for f in others]))
+    return format_seed_table(rows)
 
 
 def bench() -> str:
@@ -40,7 +54,8 @@ def _fill(text: str, begin: str, end: str, body: str) -> str:
 
 
 def render(text: str) -> str:
-    return _fill(_fill(text, BEGIN, END, table()), BENCH_BEGIN, BENCH_END, bench())
+    text = _fill(_fill(text, BEGIN, END, table()), BENCH_BEGIN, BENCH_END, bench())
+    return _fill(text, SEEDS_BEGIN, SEEDS_END, seeds())
 
 
 if __name__ == "__main__":

@@ -359,6 +359,26 @@ def test_atomic_dir_removes_stale_temporaries_of_dead_processes(tmp_path):
     assert (tmp_path / "out" / "done").read_text() == "ok"
 
 
+def test_atomic_outputs_get_the_modes_of_the_umask_not_of_tempfile(tmp_path):
+    """A model directory or report written atomically is readable as a plain mkdir/open would make
+    it (tempfile's 0700/0600 would hide it from another user or a web server)."""
+    from loragen_mobile.fsutil import atomic_dir, atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("1")
+        with atomic_file(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        os.umask(0o077)
+        with atomic_file(tmp_path / "private.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert [oct((tmp_path / n).stat().st_mode & 0o777) for n in ("d", "f.json", "private.json")] == \
+        ["0o755", "0o644", "0o600"]
+
+
 def test_atomic_dir_failure_removes_the_parents_it_created(tmp_path):
     from loragen_mobile.fsutil import atomic_dir
 

@@ -44,3 +44,22 @@ def test_accumulated_gradient_is_the_whole_steps(tmp_path):
     assert abs(loss - float(ce.detach()) / n) < 1e-5
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_training_record_keeps_the_loss_curve(tmp_path):
+    """`loragen_edge_training.json` keeps the mean loss of every 100 steps (a run stalled on a
+    plateau shows there): 150 steps give two means, and a random model learns, so the second is lower."""
+    import json
+
+    from loragen_mobile.data import write_jsonl
+    from loragen_mobile.edge_training import EdgeTrainConfig, train_edge
+
+    d = models.init_model_dir("tiny-llama", tmp_path / "m", seed=0)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(make_suite("reasoning", "train", per_task=2)[:16] + make_suite("tools", "train", per_task=1)[:8], data)
+    cfg = EdgeTrainConfig(max_steps=150, tokens_per_step=1024, balance_suites=True)
+    res = train_edge(d, data, tmp_path / "edge", cfg, progress=False)
+    rec = json.loads((tmp_path / "edge" / "loragen_edge_training.json").read_text())
+    curve = rec["loss_per_100_steps"]
+    assert len(curve) == 2 and curve[1] < curve[0] - 0.5, curve
+    assert rec["final_loss"] == res["final_loss"] and abs(curve[1] - res["final_loss"]) < 1.0

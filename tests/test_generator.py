@@ -449,3 +449,35 @@ def test_results_accuracy_table_is_rendered_from_the_reports():
     assert table.count("\n| tiny-") >= 4  # both presets, unseen and seen
     bench = text.split(mod.BENCH_BEGIN, 1)[1].split(mod.BENCH_END, 1)[0]
     assert bench.count("`loragen bench ") >= 6 and "| onnx/fp32 | og-builder |" in bench
+
+
+def test_train_seed_option_overrides_the_configs_seed(tmp_path, preset_dirs, gen_data):
+    """`loragen train --seed` changes the initialisation and the data order: the run records it, and
+    its first step's loss differs from the config's seed 0 run."""
+    cfg = _write_cfg(tmp_path, max_steps=1, save_every=1)
+    common = ["train", "--config", cfg, "--edge", preset_dirs["tiny-llama"], "--data", gen_data, "--no-progress"]
+    for name, extra in (("s0", []), ("s1", ["--seed", "1"])):
+        r = _loragen(*common, "--out", tmp_path / name, *extra)
+        assert r.returncode == 0, r.stderr
+    meta = [json.loads((tmp_path / n / "generator.json").read_text()) for n in ("s0", "s1")]
+    assert [m["config"]["seed"] for m in meta] == [0, 1]
+    loss = [json.loads((tmp_path / n / "log.jsonl").read_text().splitlines()[0])["lm_loss"] for n in ("s0", "s1")]
+    assert abs(loss[0] - loss[1]) > 1e-4, loss
+
+
+def test_seed_table_gives_the_mean_over_seeds_and_its_gap_to_the_prompt():
+    from loragen_mobile.generator.evaluate import format_seed_table
+
+    def rep(acc, edge=None):
+        row = {"loragen": {"accuracy": acc, "stderr": 0.01}}
+        if edge is not None:
+            row["edge_prompt"] = {"accuracy": edge, "stderr": 0.02}
+        return {"results": {"tools": {"unseen": row}}}
+
+    text = format_seed_table([("tiny-llama", rep(0.5, edge=0.63), [rep(0.6), rep(0.7)])])
+    head, rule, row = text.splitlines()
+    assert head.split(" | ")[2:5] == ["LoRA-Gen, seed 0", "LoRA-Gen, seed 1", "LoRA-Gen, seed 2"]
+    # mean 0.6; standard error of the mean over seeds 0.1 / sqrt(3); gap 0.6 - 0.63
+    assert row == ("| tiny-llama | tools | 0.500 ± 0.010 | 0.600 ± 0.010 | 0.700 ± 0.010 | 0.600 ± 0.058 "
+                   "| 0.630 ± 0.020 | -0.030 (missed) |")
+    assert format_seed_table([("g", rep(0.62, edge=0.63), [rep(0.62), rep(0.62)])]).endswith("-0.010 (met) |")

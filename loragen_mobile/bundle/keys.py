@@ -23,8 +23,8 @@ def generate_keypair(out_private: str | os.PathLike, out_public: str | os.PathLi
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     with atomic_file(out_private) as tmp_priv, atomic_file(out_public) as tmp_pub:
+        os.chmod(tmp_priv, 0o600)  # before the secret is written
         tmp_priv.write_bytes(priv)
-        os.chmod(tmp_priv, 0o600)
         tmp_pub.write_bytes(pub)
     return key_id(key.public_key())
 

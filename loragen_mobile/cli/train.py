@@ -19,6 +19,7 @@ def register(sub):
     p.add_argument("--cloud", help="override the config's cloud model: 'edge', a preset or a local HF directory")
     p.add_argument("--max-steps", type=int, help="override the config's max_steps")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--seed", type=int, help="override the config's seed (initialisation and data order)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt exactly")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -32,6 +33,7 @@ def run(args):
             raise usage_error(f"{opt} must be at least 1, got {v}")
     from ..generator import load_config, train
 
-    cfg = load_config(args.config, {"cloud": args.cloud, "max_steps": args.max_steps, "save_every": args.save_every})
+    cfg = load_config(args.config, {"cloud": args.cloud, "max_steps": args.max_steps, "save_every": args.save_every,
+                                    "seed": args.seed})
     out = train(cfg, args.edge, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"generator written to {out}")

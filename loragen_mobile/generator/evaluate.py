@@ -311,6 +311,32 @@ def format_markdown(reports: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def format_seed_table(rows: list[tuple[str, dict, list[dict]]], split: str = "unseen", goal: float = 0.02) -> str:
+    """One Markdown table of LoRA-Gen over generator seeds: for each (edge name, seed-0 report with
+    ``edge_prompt``, reports of the other seeds) and suite, each seed's accuracy ± its standard error
+    over tasks, the mean over seeds ± the standard error of that mean (over seeds), edge + prompt, and
+    the gap between them against the goal (LoRA-Gen at least edge + prompt - ``goal``)."""
+    import statistics
+
+    n = max((1 + len(others) for _, _, others in rows), default=1)
+    head = ["edge", "suite"] + [f"LoRA-Gen, seed {s}" for s in range(n)] + [
+        f"mean of {n} seeds", "edge + prompt", f"gap (goal >= -{goal:.2f})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, base, others in rows:
+        for suite, splits in base["results"].items():
+            runs = [r["results"][suite][split]["loragen"] for r in [base, *others]]
+            accs = [r["accuracy"] for r in runs]
+            mean = statistics.fmean(accs)
+            se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+            ref = splits[split]["edge_prompt"]["accuracy"]
+            gap = mean - ref
+            cells = [name, suite] + [f"{r['accuracy']:.3f} ± {r['stderr']:.3f}" for r in runs] + ["-"] * (n - len(runs))
+            cells += [f"{mean:.3f} ± {se:.3f}", f"{ref:.3f} ± {splits[split]['edge_prompt']['stderr']:.3f}",
+                      f"{gap:+.3f} ({'met' if gap >= -goal else 'missed'})"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(report: dict, out: str | os.PathLike) -> Path:
     with atomic_file(out, overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
