@@ -2,19 +2,15 @@
 # Rebuild the checkpoints shipped in loragen_mobile/assets (`loragen quickstart --fast`, the
 # accuracy tests and docs/results.md): for each preset, the edge model trained on the seen tasks
 # with their prompts and the generator trained for it, with configs/tiny.yaml (the full
-# quickstart's recipe). tiny-llama's are shipped; tiny-gemma's are built on request.
+# quickstart's recipe). Both presets' are shipped; without PRESET arguments, tiny-llama's are rebuilt.
 # Usage: bash scripts/make-assets.sh [WORKDIR] [PRESET...]   (presets: tiny-llama tiny-gemma)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-LORAGEN=${LORAGEN:-.venv/bin/loragen}
-W=${1:-$(mktemp -d)}
-shift || true
-if [ $# -gt 0 ]; then PRESETS=("$@"); else PRESETS=(tiny-llama); fi
+DEFAULT_PRESETS=(tiny-llama)
+source "$(dirname "$0")/preset-args.sh"
 A=loragen_mobile/assets
 # The initial weights of each preset (`loragen init-model --seed`). The edge recipe is sensitive to
 # them: tiny-gemma from seed 0 stalls on a plateau (training loss 0.95 after 3,000 steps) where seed 1
 # reaches 0.02; tiny-llama seed 0 trains, its seed 1 is behind after 600 steps. docs/results.md
-# ("Edge recipe") has the measurements.
+# ("The edge recipe and the initial weights") has the measurements.
 declare -A INIT_SEED=([tiny-llama]=0 [tiny-gemma]=1)
 $LORAGEN data make --suite all --split train --out "$W/train.jsonl" --seed 0
 for P in "${PRESETS[@]}"; do

@@ -3,12 +3,8 @@
 # method and control on the unseen tasks, all but the per-task LoRA on the seen tasks; writes
 # docs/eval/<preset>-<split>.json and renders docs/results.md's accuracy table from them.
 # Usage: bash scripts/make-results.sh [WORKDIR] [PRESET...]   (default: tiny-llama tiny-gemma)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-LORAGEN=${LORAGEN:-.venv/bin/loragen}
-W=${1:-$(mktemp -d)}
-shift || true
-if [ $# -gt 0 ]; then PRESETS=("$@"); else PRESETS=(tiny-llama tiny-gemma); fi
+DEFAULT_PRESETS=(tiny-llama tiny-gemma)
+source "$(dirname "$0")/preset-args.sh"
 for S in train seen unseen; do
   $LORAGEN data make --suite all --split $S --out "$W/$S.jsonl" --seed 0
 done

@@ -4,12 +4,8 @@
 # other-task control on the unseen tasks: docs/eval/<preset>-unseen-seed<S>.json, rendered into
 # docs/results.md's seed table. The two seeds train side by side, one thread each.
 # Usage: bash scripts/make-seeds.sh [WORKDIR] [PRESET...]   (default: tiny-llama tiny-gemma)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-LORAGEN=${LORAGEN:-.venv/bin/loragen}
-W=${1:-$(mktemp -d)}
-shift || true
-if [ $# -gt 0 ]; then PRESETS=("$@"); else PRESETS=(tiny-llama tiny-gemma); fi
+DEFAULT_PRESETS=(tiny-llama tiny-gemma)
+source "$(dirname "$0")/preset-args.sh"
 export OMP_NUM_THREADS=1
 mkdir -p "$W"
 for S in train unseen; do
