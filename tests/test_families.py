@@ -332,3 +332,28 @@ def test_config_hash_is_stable_across_save_load_and_follows_every_identity_field
             if k == "model_type":
                 continue  # another family: a different identity by construction
             assert config_hash(changed) != h, (model_type, k)
+
+
+def test_gemma_1_official_gelu_config_is_read_as_the_tanh_approximation(tmp_path, preset_dirs):
+    """google/gemma-2b's config.json says "hidden_act": "gelu" (no hidden_activation); transformers
+    runs it as gelu_pytorch_tanh, and so must the family: the directory is accepted and the export
+    wrapper uses the tanh approximation, giving transformers' logits."""
+    import shutil
+
+    from loragen_mobile import models
+    from loragen_mobile.exporters.common import StaticCacheLM
+    from loragen_mobile.families import get_family
+
+    d = tmp_path / "legacy"
+    shutil.copytree(preset_dirs["tiny-gemma"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("hidden_activation", None)
+    cfg["hidden_act"] = "gelu"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert get_family("gemma").activation(models.read_config(d)) == "gelu_pytorch_tanh"
+    m = models.load_model(d, dtype=torch.float32)
+    w = StaticCacheLM(m, max_context=16, all_logits=True)
+    assert w.tanh_gelu
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        torch.testing.assert_close(w(ids, torch.arange(4)), m(ids).logits, rtol=0, atol=1e-4)

@@ -79,6 +79,9 @@ class Family:
     description: str
     activation_field: str                  # "hidden_act" or "hidden_activation"
     activations: tuple[str, ...] = ACTIVATIONS
+    #: values of the activation field that transformers reads as another activation (Gemma 1's
+    #: official config.json says "gelu" and means the tanh approximation)
+    legacy_activations: dict[str, str] = field(default_factory=dict)
     attention: Attention = Attention()
     sandwich_norm: bool = False            # extra post-attention / pre+post-FFN norms (Gemma-2/3)
     final_logit_softcap: bool = False      # tanh soft-capping of the output logits
@@ -93,7 +96,8 @@ class Family:
 
     def activation(self, config) -> str:
         d = _as_dict(config)
-        return d.get(self.activation_field) or d.get("hidden_act") or d.get("hidden_activation")
+        act = d.get(self.activation_field) or d.get("hidden_act") or d.get("hidden_activation")
+        return self.legacy_activations.get(act, act)
 
     def check_config(self, config) -> None:
         """Refuse a config this family's wrappers cannot reproduce (one line, code ``model``)."""

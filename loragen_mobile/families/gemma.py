@@ -31,7 +31,10 @@ FAMILY = Family(
     model_type="gemma",
     config_class="GemmaConfig",
     description="Gemma 1: MQA, GeLU-tanh gated FFN, (1 + w) RMSNorm, scaled embeddings, tied",
-    activation_field="hidden_activation",
+    # transformers 5's GemmaConfig reads hidden_act (a hidden_activation key is kept but unused) and
+    # maps the official releases' "gelu" to the tanh approximation
+    activation_field="hidden_act",
+    legacy_activations={"gelu": "gelu_pytorch_tanh"},
     attention=Attention(qkv_bias="attention_bias"),
     embedding_scale=True,
     identity_fields={"rope_parameters": DEFAULT_ROPE, "attention_bias": False},
