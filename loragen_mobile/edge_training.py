@@ -133,6 +133,7 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
     if bar is not None:
         bar.close()
     model.eval()
+    final_loss = sum(losses[-20:]) / len(losses[-20:])
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         models.save_tokenizer(tok, tmp)
@@ -140,8 +141,8 @@ def train_edge(model_dir: str | os.PathLike, data: str | os.PathLike, out: str |
 
         (tmp / "loragen_edge_training.json").write_text(json.dumps(
             {"config": asdict(cfg), "data": str(data), "examples": len(examples),
-             "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+             "final_loss": final_loss,
              # the mean loss of every 100 steps: a run stalled on a plateau shows here
              "loss_per_100_steps": [round(sum(c) / len(c), 4) for c in
                                     (losses[i:i + 100] for i in range(0, len(losses), 100))]}, indent=2) + "\n")
-    return {"out": str(out), "steps": cfg.max_steps, "final_loss": sum(losses[-20:]) / len(losses[-20:])}
+    return {"out": str(out), "steps": cfg.max_steps, "final_loss": final_loss}

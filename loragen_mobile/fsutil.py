@@ -104,7 +104,14 @@ def remove_empty_dirs(dirs: list[Path]) -> None:
 def _default_mode(mode: int) -> int:
     """``mode`` under the process's umask: what ``open``/``mkdir`` would give a new file or directory
     (``tempfile`` makes its temporaries 0600/0700, too strict for a model directory or bundle that
-    another user or a web server reads)."""
+    another user or a web server reads). The umask is read from /proc where there is one: setting
+    and restoring it would briefly change it for the process's other threads (the service's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return mode & ~int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mode & ~mask

@@ -288,18 +288,26 @@ LABELS = {"edge_prompt": "edge + prompt", "edge_no_prompt": "edge, no prompt", "
           "loragen_empty": "empty description", "mean_adapter": "one mean adapter"}
 
 
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def _acc(stat: dict) -> str:
+    return f"{stat['accuracy']:.3f} ± {stat['stderr']:.3f}"
+
+
 def format_markdown(reports: list[tuple[str, dict]]) -> str:
     """One Markdown table for named reports (name, report): accuracy ± standard error per method,
     input tokens, compression and the scored / left-out example counts, per suite and split."""
     methods = [m for m in METHODS if any(m in r["methods"] for _, r in reports)]
     head = ["edge", "suite", "split"] + [LABELS[m] for m in methods] + [
         "tokens with / without prompt", "compression", "scored (tasks)", "left out (in training)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for name, rep in reports:
         for suite, splits in rep["results"].items():
             for split, row in splits.items():
-                cells = [name, suite, split] + [f"{row[m]['accuracy']:.3f} ± {row[m]['stderr']:.3f}" if m in row else "-"
-                                                for m in methods]
+                cells = [name, suite, split] + [_acc(row[m]) if m in row else "-" for m in methods]
                 if "compression_ratio" in row:
                     cells += [f"{row['edge_prompt']['mean_input_tokens']:.1f} / {row['loragen']['mean_input_tokens']:.1f}",
                               f"{row['compression_ratio']:.1f}x"]
@@ -307,8 +315,8 @@ def format_markdown(reports: list[tuple[str, dict]]) -> str:
                     cells += ["-", "-"]
                 first = next(row[m] for m in methods if m in row)
                 cells += [f"{first['n']} ({first['tasks']})", str(row["excluded_train_overlap"])]
-                lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                lines.append(cells)
+    return _markdown(head, lines)
 
 
 def format_seed_table(rows: list[tuple[str, dict, list[dict]]], split: str = "unseen", goal: float = 0.02) -> str:
@@ -321,7 +329,7 @@ def format_seed_table(rows: list[tuple[str, dict, list[dict]]], split: str = "un
     n = max((1 + len(others) for _, _, others in rows), default=1)
     head = ["edge", "suite"] + [f"LoRA-Gen, seed {s}" for s in range(n)] + [
         f"mean of {n} seeds", "edge + prompt", f"gap (goal >= -{goal:.2f})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for name, base, others in rows:
         for suite, splits in base["results"].items():
             runs = [r["results"][suite][split]["loragen"] for r in [base, *others]]
@@ -330,11 +338,11 @@ def format_seed_table(rows: list[tuple[str, dict, list[dict]]], split: str = "un
             se = statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
             ref = splits[split]["edge_prompt"]["accuracy"]
             gap = mean - ref
-            cells = [name, suite] + [f"{r['accuracy']:.3f} ± {r['stderr']:.3f}" for r in runs] + ["-"] * (n - len(runs))
-            cells += [f"{mean:.3f} ± {se:.3f}", f"{ref:.3f} ± {splits[split]['edge_prompt']['stderr']:.3f}",
+            cells = [name, suite] + [_acc(r) for r in runs] + ["-"] * (n - len(runs))
+            cells += [f"{mean:.3f} ± {se:.3f}", _acc(splits[split]["edge_prompt"]),
                       f"{gap:+.3f} ({'met' if gap >= -goal else 'missed'})"]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            lines.append(cells)
+    return _markdown(head, lines)
 
 
 def write_report(report: dict, out: str | os.PathLike) -> Path:
