@@ -33,7 +33,7 @@ def seeds() -> str:
     from loragen_mobile.generator.evaluate import format_seed_table
 
     rows = []
-    for name in ("tiny-llama", "tiny-gemma"):
+    for name in dict.fromkeys(name for name, _ in REPORTS):  # the accuracy table's edge models, in order
         base = ROOT / "docs" / "eval" / f"{name}-unseen.json"
         others = sorted((ROOT / "docs" / "eval").glob(f"{name}-unseen-seed*.json"))
         if base.is_file() and others:
