@@ -135,8 +135,8 @@ def preset_adapter(preset: str, rank: int, seed: int = 0):
 
 
 def shared_export(work: Path, preset: str, backend: str, scheme: str | None = None, max_context: int = 128,
-                  slots: int = 0, adapter: Path | None = None) -> tuple[Path, dict]:
-    """The artifact WORK/PRESET-BACKEND-SCHEME[-slotsR | -unmerged], `loragen export` of
+                  slots: int = 0, adapter: Path | None = None, dtype: str = "fp32") -> tuple[Path, dict]:
+    """The artifact WORK/PRESET-BACKEND-SCHEME[-fp16][-slotsR | -unmerged], `loragen export` of
     WORK/model-PRESET in a child process, or the one an earlier benchmark wrote in the same work
     directory: the benchmarks that take a work directory share their artifacts through here, so
     `loragen bench all --work-dir W` exports each once. Returns the directory and its figures: export
@@ -145,7 +145,8 @@ def shared_export(work: Path, preset: str, backend: str, scheme: str | None = No
     from ..errors import LoragenError
     from ..exporters import read_artifact
 
-    name = f"{preset}-{backend}-{scheme or 'unquantized'}" + (f"-slots{slots}" if slots else "") + \
+    name = f"{preset}-{backend}-{scheme or 'unquantized'}" + ("" if dtype == "fp32" else f"-{dtype}") + \
+        (f"-slots{slots}" if slots else "") + \
         ("-unmerged" if adapter is not None else "")
     d = work / name
     if d.exists():
@@ -153,7 +154,8 @@ def shared_export(work: Path, preset: str, backend: str, scheme: str | None = No
         if have != max_context:
             raise LoragenError(f"{d} was exported with max context {have}, this run asks for {max_context}; give "
                                f"another work directory or remove it", code="usage")
-    extra = (("--adapter-slots", slots) if slots else ()) + (("--unmerged-adapter", adapter) if adapter else ())
+    extra = (("--adapter-slots", slots) if slots else ()) + (("--unmerged-adapter", adapter) if adapter else ()) + \
+        (("--dtype", dtype) if dtype != "fp32" else ())
     return d, cached_artifact(d, lambda out: export_child(preset_model_dir(work, preset, max_context), out, backend,
                                                           scheme, max_context, extra))
 

@@ -6,8 +6,8 @@ PNG under --out-dir, and gets a section in the report with the exact command and
 With --preset, every benchmark runs on that one preset's shapes (random weights) and shares one
 work directory: the model directory and each artifact (backend, quantization scheme, adapter slots,
 one KV-cache length for all) are exported once, by whichever benchmark needs it first, and reused
-by the others with their export figures. The peers compare fp32 on both backends and the ONNX int4
-pair (--precisions); `loragen bench peers --precisions 8da4w-g32` adds the ExecuTorch 8da4w pair
+by the others with their export figures. The peers compare fp32 and fp16 on both backends and the
+ONNX int4 pair (--precisions); `loragen bench peers --precisions 8da4w-g32` adds the ExecuTorch 8da4w pair
 (about 25 minutes of exports at the TinyLlama-1.1B shape).
 
   loragen bench all --report docs/results.md
@@ -37,9 +37,9 @@ def add_arguments(p):
     g.add_argument("--preset", help="run every benchmark on this preset's shapes, e.g. tinyllama-1.1b (needs --work-dir)")
     g.add_argument("--work-dir", help="the model and artifacts, exported once and shared by the benchmarks")
     g.add_argument("--backends", default="executorch,onnx", help="backends to export and run (default executorch,onnx)")
-    g.add_argument("--precisions", default="fp32,8da4w-b32",
+    g.add_argument("--precisions", default="fp32,fp16,8da4w-b32",
                    help="the peers' precisions, and the quantization schemes of the quant benchmark (default "
-                        "fp32,8da4w-b32: fp32 on both backends and the ONNX int4 pair)")
+                        "fp32,fp16,8da4w-b32: fp32 and fp16 on both backends and the ONNX int4 pair)")
     g.add_argument("--prompt-tokens", default="100,500,1000",
                    help="speedup's system prompt lengths; the longest sets the KV-cache length of every artifact")
     g.add_argument("--repeats", type=int, default=3, help="repeats of every timing (default 3)")
@@ -64,7 +64,9 @@ def preset_argv(args, name: str) -> list[str]:
     sp, pe = _defaults("speedup"), _defaults("peers")
     longest = max(int(x) for x in args.prompt_tokens.split(",") if x.strip())
     ctx = str(max(longest + sp.input_tokens + sp.answer_tokens + 8, pe.prompt_tokens + pe.decode_tokens + 1))
-    schemes = ",".join("none" if x.strip() == "fp32" else x.strip() for x in args.precisions.split(","))
+    # the quant benchmark's schemes: fp32 is its "none"; fp16 is not a quantization scheme (the peers cover it)
+    schemes = ",".join("none" if x.strip() == "fp32" else x.strip() for x in args.precisions.split(",")
+                       if x.strip() != "fp16") or "none"
     if name == "runtime":  # every shared artifact of the preset the others exported, but the conventional graphs
         arts = sorted(d for d in Path(w).glob(f"{p}-*") if d.is_dir() and not d.name.endswith("-unmerged")
                       and d.name.split("-")[len(p.split("-"))] in b.split(","))
@@ -251,7 +253,9 @@ def _render_peers(r):
             rows.append([key, "failed: " + row["error"].replace("|", "/")] + [""] * 7)
             continue
         o, p, x = row["ours"], row["peer"], row["ratios"]
-        rows.append([key, p["tool"],
+        # a peer that failed: its tool and the start of its error (the whole line is in the JSON)
+        err = p.get("error", "").replace("|", "/")
+        rows.append([key, p["tool"] + (f" (failed: {err[:140]}{'...' if len(err) > 140 else ''})" if err else ""),
                      f"{f(o, 'decode_tokens_per_s', '{:.2f}')} / {f(p, 'decode_tokens_per_s', '{:.2f}')} "
                      f"({f(x, 'decode_tokens_per_s', '{:.2f}x')})",
                      f"{f(o, 'prefill_ms', '{:.0f}')} / {f(p, 'prefill_ms', '{:.0f}')} ms",
@@ -260,7 +264,7 @@ def _render_peers(r):
                      f"{f(o, 'export_s', '{:.0f}')} / {f(p, 'export_s', '{:.0f}')} s",
                      f"{f(o, 'export_peak_rss_bytes', '{:.1f}', 2**-30)} / "
                      f"{f(p, 'export_peak_rss_bytes', '{:.1f}', 2**-30)} GiB",
-                     "yes" if row["same_tokens"] else "no"])
+                     {True: "yes", False: "no"}.get(row["same_tokens"], "-")])
     return [f"{r['preset']}: ours / the peer's, each run by the same stock runtime (onnxruntime-genai; "
             f"ExecuTorch's TextLLMRunner) in a fresh process; prompt {r['prompt_tokens']} tokens, "
             f"{r['decode_tokens']} new tokens, medians of {r['repeats']}", ""] + _table(

@@ -1,10 +1,11 @@
 """Our artifacts side by side with what a developer would otherwise export, same model, same runtime.
 
-  ONNX        onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder`), fp32
-              and int4, against `loragen export --backend onnx` (fp32, --quantize int4-b32); both
-              run through onnxruntime-genai's own flow (og.Model, og.Generator).
-  ExecuTorch  optimum-executorch (`optimum-cli export executorch --recipe xnnpack`), fp32 and 8da4w
-              group 32, against `loragen export --backend executorch` (fp32, --quantize 8da4w-g32);
+  ONNX        onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder`), fp32,
+              fp16 and int4, against `loragen export --backend onnx` (fp32, --dtype fp16, --quantize
+              int4-b32); both run through onnxruntime-genai's own flow (og.Model, og.Generator).
+  ExecuTorch  optimum-executorch (`optimum-cli export executorch --recipe xnnpack`), fp32, fp16 and
+              8da4w group 32, against `loragen export --backend executorch` (fp32, --dtype fp16,
+              --quantize 8da4w-g32);
               both run through ExecuTorch's LLM runner (TextLLMRunner of the pinned wheel).
               optimum-executorch pins transformers 5.0.0rc1, so it runs from a tool environment of
               its own that this benchmark creates (--tool-env); it never enters the project's.
@@ -12,7 +13,7 @@
 Each export runs in a child process (wall time, peak RSS); each artifact then runs in a fresh
 process (cold load + first token, prefill, decode tokens/s; see stock_run.py). The greedy tokens
 of every pair are compared: at fp32 both must give the same tokens, or the speed comparison is
-between different models. Ratios (ours / peer) are the result. Random weights: speed and memory
+between different models (at fp16 and below, the two graphs round differently). Ratios (ours / peer) are the result. Random weights: speed and memory
 do not depend on them.
 
   loragen bench peers --backends onnx --out bench-out/peers.json
@@ -30,16 +31,19 @@ from pathlib import Path
 #: optimum-executorch's tool environment: the tool and the runtime pins it must export for
 OPTIMUM_EXECUTORCH = ("torch==2.13.0", "executorch==1.5.1", "optimum-executorch==1.1.0")
 
-#: (backend, precision) -> our `loragen export` quantize scheme, the peer's name and its export options.
+#: (backend, precision) -> our `loragen export` quantize scheme, the peer's name and its export options
+#: (precision "fp16": both export fp16 weights and compute; ours with `--dtype fp16`).
 #: The builder's CPU int4 default (block 32) computes with int8 activations (MatMulNBits
 #: accuracy_level 4), as our 8da4w-b32 does; for int4-b32 (fp32 activations) it is asked for
 #: accuracy_level 1.
 PAIRS = {
     ("onnx", "fp32"): (None, "og-builder", ["-p", "fp32"]),
+    ("onnx", "fp16"): (None, "og-builder", ["-p", "fp16"]),
     ("onnx", "int4-b32"): ("int4-b32", "og-builder", ["-p", "int4", "--extra_options", "accuracy_level=1",
                                                       "block_size=32"]),
     ("onnx", "8da4w-b32"): ("8da4w-b32", "og-builder", ["-p", "int4"]),
     ("executorch", "fp32"): (None, "optimum-executorch", []),
+    ("executorch", "fp16"): (None, "optimum-executorch", ["--dtype", "float16"]),
     ("executorch", "8da4w-g32"): ("8da4w-g32", "optimum-executorch", ["--qlinear", "8da4w", "--qlinear_group_size", "32"]),
 }
 
@@ -160,18 +164,22 @@ def run(args) -> dict:
     for (backend, precision), (scheme, tool, opts) in tqdm(pairs.items(), desc="peers bench", unit="pair"):
         runtime = "og" if backend == "onnx" else "executorch"
         tag = "-".join(o.split("=")[-1] for o in opts if not o.startswith("-")) or "fp32"
-        try:  # a pair that fails (a peer out of memory, say) is recorded and the others still run
-            ours, ours_e = shared_export(work, args.preset, backend, scheme, args.max_context)
-            peer = work / f"{args.preset}-{tool}-{tag}"
-            peer_e = cached_artifact(peer, lambda d: _peer_export(tool, model_dir, d, opts, args.max_context, env))
-            row = {"ours": {**ours_e, **_run(runtime, ours, prompt_file, args.decode_tokens, args.repeats, work)},
-                   "peer": {"tool": tool, "options": opts,
-                            **peer_e, **_run(runtime, peer, prompt_file, args.decode_tokens, args.repeats, work)}}
+        try:  # a pair that fails (ours out of memory, say) is recorded and the others still run
+            ours, ours_e = shared_export(work, args.preset, backend, scheme, args.max_context,
+                                         dtype="fp16" if precision == "fp16" else "fp32")
+            row = {"ours": {**ours_e, **_run(runtime, ours, prompt_file, args.decode_tokens, args.repeats, work)}}
         except LoragenError as e:
             result["results"][f"{backend}/{precision}"] = {"error": str(e)}
             write_json(result, args.out)
             continue
-        row["same_tokens"] = row["ours"]["tokens"] == row["peer"]["tokens"]
+        row["peer"] = {"tool": tool, "options": opts}
+        try:  # a peer that fails to export or run is recorded beside our figures
+            peer = work / f"{args.preset}-{tool}-{tag}"
+            peer_e = cached_artifact(peer, lambda d: _peer_export(tool, model_dir, d, opts, args.max_context, env))
+            row["peer"].update({**peer_e, **_run(runtime, peer, prompt_file, args.decode_tokens, args.repeats, work)})
+        except LoragenError as e:
+            row["peer"]["error"] = str(e)
+        row["same_tokens"] = row["ours"]["tokens"] == row["peer"]["tokens"] if "tokens" in row["peer"] else None
         row["ratios"] = {k: row["ours"][k] / row["peer"][k]
                          for k in ("decode_tokens_per_s", "prefill_ms", "cold_first_token_s", "artifact_bytes",
                                    "export_s", "export_peak_rss_bytes")
@@ -186,6 +194,9 @@ def run(args) -> dict:
             print(f"{args.preset} {key:34s} failed: {row['error']}")
             continue
         o, p = row["ours"], row["peer"]
+        if "error" in p:
+            print(f"{args.preset} {key:34s} decode {o['decode_tokens_per_s']:7.2f} tok/s; the peer failed: {p['error']}")
+            continue
         print(f"{args.preset} {key:34s} decode {o['decode_tokens_per_s']:7.2f} vs {p['decode_tokens_per_s']:7.2f} tok/s  "
               f"prefill {o['prefill_ms']:8.1f} vs {p['prefill_ms']:8.1f} ms  "
               f"bytes {o['artifact_bytes'] / 1e6:8.1f} vs {p['artifact_bytes'] / 1e6:8.1f} MB  "
