@@ -24,32 +24,27 @@ def _digest(d):
     return h.hexdigest()
 
 
-def _work_with(tmp_path, model_dir, art, name):
-    """A benchmark work directory holding the shared tiny model and artifact (links) under the
-    names the benchmark reuses."""
+def test_bundle_bench_measures_each_cli_step(model_dirs, tmp_path, capsys):
+    """`loragen bench bundle` on a tiny ONNX artifact with run-time adapter slots, which it exports
+    into the work directory: every CLI step (build, verify, apply of both kinds) ran in its own
+    process with a peak RSS, the bundle sizes are those of bundles built here, both kinds swapped into
+    the loaded session (the lora bundle through the adapter slots), the artifact is reused only for
+    its KV-cache length and is untouched, and the applied copies are cleaned up."""
     work = tmp_path / "work"
     work.mkdir()
-    (work / "model-tiny-llama").symlink_to(model_dir)
-    (work / name).symlink_to(art)
-    return work
-
-
-def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, capsys):
-    """`loragen bench bundle` on a shared tiny artifact: every CLI step (build, verify, apply of
-    both kinds) ran in its own process with a peak RSS, the bundle sizes are those of bundles
-    built here, the artifact is untouched and the applied copies are cleaned up."""
-    art = artifacts("onnx", "tiny-llama")
-    before = _digest(art)
-    work = _work_with(tmp_path, model_dirs["tiny-llama"], art, "tiny-llama-onnx-unquantized")
+    (work / "model-tiny-llama").symlink_to(model_dirs["tiny-llama"])
     out = tmp_path / "bundle.json"
     argv = ["bench", "bundle", "--presets", "tiny-llama", "--backends", "onnx", "--repeats", "1",
             "--artifacts-dir", str(work), "--out", str(out)]
+    assert main(argv + ["--max-context", str(MAX_CTX)]) == 0
+    art = work / "tiny-llama-onnx-unquantized-slots16"
+    before, result = _digest(art), out.read_bytes()
     # an artifact of the work directory is reused only for the KV-cache length it was exported with
     assert main(argv + ["--max-context", str(2 * MAX_CTX)]) == 2
     assert f"exported with max context {MAX_CTX}, this run asks for {2 * MAX_CTX}" in capsys.readouterr().err
-    assert not out.exists() and _digest(art) == before
-    assert main(argv + ["--max-context", str(MAX_CTX)]) == 0
-    e = json.loads(out.read_text())["results"]["tiny-llama"]["onnx"]
+    assert out.read_bytes() == result and _digest(art) == before
+    e = json.loads(result)["results"]["tiny-llama"]["onnx"]
+    assert e["adapter_slots"] == 16
     model = build_model("tiny-llama")
     adapter = random_adapter(model, target_module_names(model), r=16, alpha=16, seed=0)
     key = Ed25519PrivateKey.generate()
@@ -61,8 +56,7 @@ def test_bundle_bench_measures_each_cli_step(artifacts, model_dirs, tmp_path, ca
         assert e["steps"][s]["s"] > 0 and e["steps"][s]["peak_rss_bytes"] > 50 * 2**20, s
     # ONNX keeps its session: both kinds were also swapped into the loaded runner
     assert all("swap_in_place" in e[k] and e[k]["decode_tokens_per_s"] > 0 for k in ("merged", "lora"))
-    assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", "tiny-llama-onnx-unquantized"]
-    assert _digest(art) == before
+    assert sorted(p.name for p in work.iterdir()) == ["keys", "model-tiny-llama", art.name, art.name + ".export.json"]
     table = "\n".join(_render_bundle({"results": {"tiny-llama": {"onnx": e}}}))
     assert "| tiny-llama / onnx |" in table and "`bundle apply merged`" in table
 
@@ -86,7 +80,7 @@ def test_bench_all_preset_exports_each_artifact_once_and_the_peers_match_transfo
                  "--only", "runtime,quant,bundle,speedup,peers", "--prompt-tokens", "8,24", "--repeats", "1",
                  "--out-dir", str(out), "--report", str(out / "results.md")]) == 0
     ours = ["tiny-llama-onnx-unquantized", "tiny-llama-onnx-8da4w-b32", "tiny-llama-onnx-unquantized-unmerged",
-            "tiny-llama-onnx-unquantized-fp16"]
+            "tiny-llama-onnx-unquantized-fp16", "tiny-llama-onnx-unquantized-slots16"]
     peers = ["tiny-llama-og-builder-fp32", "tiny-llama-og-builder-fp16", "tiny-llama-og-builder-int4"]
     assert sorted(p.name for p in work.iterdir()) == sorted(
         ["keys", "model-tiny-llama", "adapter-tiny-llama-r16"] + ours + peers + [f"{n}.export.json" for n in ours + peers])
@@ -96,13 +90,16 @@ def test_bench_all_preset_exports_each_artifact_once_and_the_peers_match_transfo
     fp32, q = figures["tiny-llama-onnx-unquantized"], figures["tiny-llama-onnx-8da4w-b32"]
     assert res["peers"]["results"]["onnx/fp32"]["ours"]["export_s"] == fp32["export_s"]
     assert res["speedup"]["exports"]["onnx"]["loragen"]["export_s"] == fp32["export_s"]
-    assert res["bundle"]["results"]["tiny-llama"]["onnx"]["export_s"] == fp32["export_s"]
+    assert res["bundle"]["results"]["tiny-llama"]["onnx"]["export_s"] == \
+        figures["tiny-llama-onnx-unquantized-slots16"]["export_s"]
     assert res["quant"]["results"]["tiny-llama"]["onnx"]["unquantized"]["export_s"] == fp32["export_s"]
     assert res["quant"]["results"]["tiny-llama"]["onnx"]["8da4w-b32"]["export_s"] == q["export_s"]
     assert res["peers"]["results"]["onnx/8da4w-b32"]["ours"]["export_peak_rss_bytes"] == q["export_peak_rss_bytes"]
     assert res["speedup"]["exports"]["onnx"]["conventional"]["export_s"] == \
         figures["tiny-llama-onnx-unquantized-unmerged"]["export_s"]
     assert [r["artifact"] for r in res["runtime"]["results"]["model-tiny-llama"][1:]] == sorted(ours[:2] + ours[3:])
+    assert {r["artifact"]: r["adapter_slots"] for r in res["runtime"]["results"]["model-tiny-llama"][1:]}[
+        "tiny-llama-onnx-unquantized-slots16"] == 16
     assert [r["compression_ratio"] for r in res["speedup"]["backends"]["onnx"]] == [(8 + 16) / 16, (24 + 16) / 16]
     row = res["peers"]["results"]["onnx/fp32"]
     prompt = res["peers"]["prompt_ids"]

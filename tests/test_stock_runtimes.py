@@ -276,6 +276,70 @@ def test_onnxruntime_genai_swaps_a_bundle_into_a_loaded_model(artifacts, model_d
     assert len(err) == 1 and "error: backend:" in err[0] and not (tmp_path / "x.onnx_adapter").exists()
 
 
+def test_onnx_adapter_slots_swap_a_lora_bundle_into_a_loaded_session(model_dirs, tmp_path, capsys):
+    """An ONNX artifact exported with run-time adapter slots: one loaded session takes a signed lora
+    bundle as slot inputs (our runner: ``set_adapter``; onnxruntime-genai: the bundle written as an
+    adapter file of the slot inputs, ``og.Adapters``) and gives the PEFT-merged model's logits and
+    greedy tokens, the base model's without it; the adapter file holds the factors only, not merged
+    weights; what does not fit is refused."""
+    import onnxruntime_genai as og
+    from conftest import random_merged_adapter, signed_bundle
+
+    from loragen_mobile import lora
+    from loragen_mobile.bundle import bundle_adapter, open_runner_with_bundle, verify_bundle
+    from loragen_mobile.cli import main
+    from loragen_mobile.errors import LoragenError
+    from loragen_mobile.exporters import get_exporter
+    from loragen_mobile.models import load_model
+
+    md = model_dirs["tiny-llama"]
+    exp = get_exporter("onnx")
+    art = exp.export(md, tmp_path / "onnx-slots", max_context=64, adapter_slots=16, progress=False)
+    slots = art.meta["adapter_slots"]
+    assert slots["rank"] == 16 and "method" not in slots
+    assert slots["modules"] == [s["name"][: -len(".weight")] for s in art.meta["swap_slots"]]
+    assert slots["input_names"] == [f"{m}.lora_slot_{x}" for m in slots["modules"] for x in "AB"]
+    base = load_model(md, dtype=torch.float32).eval()
+    ad, merged = random_merged_adapter(md, tmp_path)
+    raw, pub = signed_bundle(art, ad, "lora", tmp_path)
+    ids = [1, 84, 114, 97, 110, 115]
+    with torch.no_grad():
+        want, was = (m(torch.tensor([ids])).logits[0, -1] for m in (merged, base))
+    runner = exp.open_runner(art)
+    assert (runner.prefill(ids) - was).abs().max() <= 1e-4
+    runner.set_adapter(bundle_adapter(verify_bundle(raw, art, pub)))
+    assert (runner.prefill(ids) - want).abs().max() <= 1e-4 < (want - was).abs().max()
+
+    def hf_tokens(m, ids):  # og stops after EOS (2, genai_config.json): so does transformers here
+        return m.generate(torch.tensor([ids]), max_new_tokens=OG_MAX_NEW, do_sample=False, eos_token_id=2,
+                          pad_token_id=0)[0, len(ids):].tolist()
+
+    prompts = ([1, 84, 114, 97, 110, 115], [1, 5, 9, 13, 200, 31])
+    want_tokens, base_tokens = [hf_tokens(merged, i) for i in prompts], [hf_tokens(base, i) for i in prompts]
+    assert [runner.generate(i, OG_MAX_NEW) for i in prompts] == want_tokens
+    runner.set_adapter(None)
+    assert [runner.generate(i, OG_MAX_NEW) for i in prompts] == base_tokens != want_tokens
+    assert open_runner_with_bundle(raw, art, pub).generate(prompts[0], OG_MAX_NEW) == want_tokens[0]
+    with pytest.raises(LoragenError) as e:
+        runner.set_adapter(lora.random_adapter(base, slots["modules"], r=32, alpha=32))
+    assert e.value.code == "input"
+
+    # onnxruntime-genai's own flow: the lora bundle as an adapter file of the slot inputs
+    (tmp_path / "b.bundle").write_bytes(raw)
+    out = tmp_path / "task.onnx_adapter"
+    assert main(["bundle", "onnx-adapter", str(tmp_path / "b.bundle"), "--artifact", str(art.path), "--pubkey",
+                 str(tmp_path / "k.pub"), "--out", str(out)]) == 0
+    factors = sum(4 * 16 * (o + i) for o, i in slots["shapes"])  # fp32 A and B of every module
+    weights = sum(s["nbytes"] for s in art.meta["swap_slots"])
+    assert factors <= out.stat().st_size < factors + 64 * 1024 < weights
+    model = og.Model(str(art.path))
+    adapters = og.Adapters(model)
+    adapters.load(str(out), "task")
+    for i, w, b in zip(prompts, want_tokens, base_tokens):
+        assert og_greedy(art.path, i, OG_MAX_NEW, model=model, adapters=adapters, adapter="task") == w
+        assert og_greedy(art.path, i, OG_MAX_NEW, model=model) == b
+
+
 def test_onnxruntime_genai_standard_flow_stops_at_eos(edge_artifacts):
     """The shipped trained edge model: og's flow gives HF's answers and ends with </s> like HF."""
     from conftest import EDGE_ASSET
@@ -374,7 +438,7 @@ def test_executorch_adapter_slots_swap_a_lora_bundle_in_place(et_stock, tmp_path
     with pytest.raises(LoragenError) as e:
         exp.open_runner(plain).set_adapter(ad)
     assert e.value.code == "usage"
-    for backend, kw in (("onnx", {}), ("executorch", {"quantize": "8da4w-g32"})):
+    for backend, kw in (("coreml", {}), ("onnx", {"quantize": "int4-b32"}), ("executorch", {"quantize": "8da4w-g32"})):
         with pytest.raises(LoragenError) as e:
             get_exporter(backend).export(md, tmp_path / "refused", adapter_slots=16, progress=False, **kw)
         assert e.value.code == "usage" and not (tmp_path / "refused").exists()

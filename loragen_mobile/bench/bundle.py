@@ -2,9 +2,9 @@
 
 For each preset: export (or reuse with --artifacts-dir) ExecuTorch and ONNX artifacts, build a
 signed bundle of each kind for a rank-16 FFN LoRA, and time build, verify, the swap at load
-(open a runner with the bundle), the swap in a loaded runner (ONNX: the session kept, the slots fed
-as inputs; ExecuTorch: the artifact is exported with run-time adapter slots of the bundle's rank,
-and a lora bundle goes to ``set_adapter``) and a cold load of the base artifact, each with its first
+(open a runner with the bundle), the swap in a loaded runner (the artifact is exported with run-time
+adapter slots of the bundle's rank, and a lora bundle goes to ``set_adapter``; ONNX: a merged bundle
+keeps the session and feeds the weight slots as inputs) and a cold load of the base artifact, each with its first
 token; and the decode rate before and after the swap. The CLI steps a developer or
 the service runs (`loragen bundle build` of each kind, `verify`, `apply` of each kind) also run as
 child processes, each with its wall time and peak RSS read from the kernel. The large shapes
@@ -51,7 +51,7 @@ def run(args) -> dict:
     for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
         big = preset in LARGE_PRESETS
         exp = get_exporter(backend)
-        slots = args.rank if exp.has_adapter_slots else 0  # ExecuTorch: lora bundles swap in place
+        slots = args.rank if exp.has_adapter_slots else 0  # lora bundles swap in place
         art, figures = shared_export(work, preset, backend, None, args.max_context, slots=slots)
         adapter = preset_adapter(preset, args.rank)
         entry = {"adapter_slots": slots, **figures,

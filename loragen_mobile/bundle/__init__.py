@@ -142,13 +142,16 @@ def apply_bundle(bundle, artifact_dir, out, public_key=None, require_signature: 
 def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signature: bool = True) -> Path:
     """Verify a bundle, then write its swap as an onnxruntime adapter file (``.onnx_adapter``,
     ``onnxruntime.AdapterFormat``) for an ONNX artifact whose swap slots are graph inputs: the
-    tensors keyed by the slots' input names (a lora bundle merged on the host). onnxruntime-genai
-    swaps it into a loaded model with ``og.Adapters.load`` + ``Generator.set_active_adapter``;
+    tensors keyed by the slots' input names. A lora bundle for an artifact with run-time adapter
+    slots is its factors in those slots (``A``, scale * ``B`` per module: a file of the adapter's
+    size); otherwise a lora bundle is merged on the host into full weights. onnxruntime-genai swaps
+    the file into a loaded model with ``og.Adapters.load`` + ``Generator.set_active_adapter``;
     onnxruntime with ``RunOptions.add_active_adapter``. Written atomically to ``out``."""
     import onnxruntime as ort
 
     from ..exporters import check_swap
-    from ..exporters.onnx import slot_ort_values
+    from ..exporters.onnx import adapter_ort_values, slot_ort_values
+    from ..exporters.pipeline import adapter_slot_inputs
 
     refuse_existing(out)
     art = as_artifact(artifact_dir)
@@ -161,7 +164,11 @@ def write_onnx_adapter(bundle, artifact_dir, out, public_key=None, require_signa
     adapter.set_model_version(1)
     # the OrtValues (and the arrays under them) must outlive export_adapter: set_parameters keeps
     # only the native values, which do not own the memory
-    values = slot_ort_values(art, check_swap(art, bundle_swap(vb, art, mapped=True)))
+    slots = art.meta.get("adapter_slots")
+    if vb.kind == "lora" and slots:
+        values = adapter_ort_values(art, adapter_slot_inputs(slots, bundle_adapter(vb)))
+    else:
+        values = slot_ort_values(art, check_swap(art, bundle_swap(vb, art, mapped=True)))
     adapter.set_parameters(values)
     with atomic_file(out) as tmp:
         adapter.export_adapter(str(tmp))

@@ -36,8 +36,9 @@ def register(sub):
     p.add_argument("--unmerged-adapter", help="PEFT adapter to keep UNMERGED in the graph (the conventional "
                                                "LoRA deployment; for comparisons, e.g. loragen bench speedup)")
     p.add_argument("--adapter-slots", type=int, metavar="RANK",
-                   help="ExecuTorch: give every target module a run-time LoRA slot of this rank, replaced in a "
-                        "loaded program by its set_adapter method (a lora bundle swaps in place)")
+                   help="ExecuTorch, ONNX: give every target module a run-time LoRA slot of this rank, replaced in "
+                        "a loaded program (ExecuTorch: its set_adapter method; ONNX: optional inputs fed with every "
+                        "run), so a lora bundle swaps in place")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 

@@ -229,17 +229,22 @@ def read_artifact(artifact_dir: str | os.PathLike, backend: str | None = None) -
 
 
 def _check_adapter_slots(f: Path, a: Any) -> None:
-    """The run-time LoRA slots' block: a method name, a rank >= 1, and one [out, in] shape per module."""
+    """The run-time LoRA slots' block: how a runtime fills them (ExecuTorch: a method name; ONNX: the
+    input names, A and B per module), a rank >= 1, and one [out, in] shape per module."""
     def whole(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    ok = (isinstance(a, dict) and isinstance(a.get("method"), str) and whole(a.get("rank"))
+    ok = (isinstance(a, dict) and whole(a.get("rank"))
           and isinstance(a.get("modules"), list) and all(isinstance(m, str) for m in a["modules"])
           and isinstance(a.get("shapes"), list) and len(a["shapes"]) == len(a["modules"])
           and all(isinstance(s, list) and len(s) == 2 and all(map(whole, s)) for s in a["shapes"]))
+    names = a.get("input_names") if isinstance(a, dict) else None
+    ok = ok and (isinstance(a.get("method"), str) if names is None else
+                 "method" not in a and isinstance(names, list) and len(names) == 2 * len(a["modules"])
+                 and all(isinstance(n, str) for n in names))
     if not ok:
-        raise LoragenError(f"{f}: adapter_slots must hold a method name, a rank >= 1, the module names and one "
-                           f"[out, in] shape per module")
+        raise LoragenError(f"{f}: adapter_slots must hold a method name or two input names per module, a rank >= 1, "
+                           f"the module names and one [out, in] shape per module")
 
 
 def _check_slot(f: Path, schema: str, s: dict) -> None:

@@ -50,7 +50,7 @@ from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import StaticCacheLM
-from .pipeline import ExportJob, Exporter, graph_name
+from .pipeline import SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, graph_name
 from .runner import Runner
 from .validation import THRESHOLDS
 
@@ -58,7 +58,6 @@ PTE = "model.pte"
 DATA = "model.ptd"
 DATA_TAG = "model"  # external-constant tag -> DATA
 ADAPTER_METHOD = "set_adapter"
-SLOT_BUFFER = "lora_slot_"  # the adapter-slot buffers: <module>.lora_slot_A, <module>.lora_slot_B
 
 
 # bytes at the start of a .ptd that hold its FlatTensor header (far more than the header needs)
@@ -181,9 +180,6 @@ class ExecuTorchExporter(Exporter):
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         job.state["metadata"] = runner_metadata(job.model, job.model_dir, job.max_context)
-        if job.adapter_slots:
-            job.state["slot_modules"] = [n[: -len(".weight")] for n in job.swap_names]
-            add_adapter_slots(job.model, job.state["slot_modules"], job.adapter_slots, job.dtype)
         # logits [1, 1, V] (last position) unless all_logits
         return StaticCacheLM(job.model, job.max_context, all_logits=job.all_logits).eval()
 
@@ -432,49 +428,6 @@ def _locate_parts(job: ExportJob) -> list[SwapSlot]:
                                    code="model")
             slots.append(SwapSlot.part_of(n, part, job.encoding, t, DATA, key=key, offset=off))
     return slots
-
-
-def add_adapter_slots(model: torch.nn.Module, modules: list[str], rank: int, dtype: torch.dtype) -> None:
-    """Give each linear in ``modules`` zero LoRA buffers ``lora_slot_A [rank, in]`` / ``lora_slot_B
-    [out, rank]`` and a forward hook adding ``B (A x)`` (the parameter names stay the HF ones)."""
-    for name in modules:
-        lin = model.get_submodule(name)
-        lin.register_buffer(SLOT_BUFFER + "A", torch.zeros(rank, lin.in_features, dtype=dtype))
-        lin.register_buffer(SLOT_BUFFER + "B", torch.zeros(lin.out_features, rank, dtype=dtype))
-        lin.register_forward_hook(_add_slot_lora)
-
-
-def _add_slot_lora(mod, args, out):
-    x = args[0]
-    return out + torch.nn.functional.linear(torch.nn.functional.linear(x, mod.lora_slot_A), mod.lora_slot_B)
-
-
-def adapter_slot_inputs(slots: dict, adapter) -> list[torch.Tensor]:
-    """``set_adapter``'s inputs for ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter` of rank
-    <= the slots' rank, on some or all of the slot modules; ``None``: the base model): A and
-    scale * B per slot module, zero-padded to the slot rank, zeros for a module it does not adapt."""
-    rank, shapes = slots["rank"], slots["shapes"]  # checked by read_artifact
-    factors = dict(adapter.factors) if adapter is not None else {}
-    unknown = sorted(set(factors) - set(slots["modules"]))
-    if unknown:
-        raise LoragenError(f"the adapter adapts {unknown[0]}, which has no adapter slot in this artifact", code="input")
-    if adapter is not None and adapter.r > rank:
-        raise LoragenError(f"the adapter has rank {adapter.r}; this artifact's slots hold rank {rank} at most",
-                           code="input")
-    out = []
-    for i, m in enumerate(slots["modules"]):
-        out_f, in_f = shapes[i]
-        a = torch.zeros(rank, in_f)
-        b = torch.zeros(out_f, rank)
-        if m in factors:
-            fa, fb = factors[m]
-            if tuple(fa.shape) != (adapter.r, in_f) or tuple(fb.shape) != (out_f, adapter.r):
-                raise LoragenError(f"LoRA factors of {m} have shapes A {tuple(fa.shape)}, B {tuple(fb.shape)}; "
-                                   f"the slot takes A [r, {in_f}], B [{out_f}, r]", code="input")
-            a[: adapter.r] = fa.float()
-            b[:, : adapter.r] = fb.float() * adapter.scale
-        out += [a, b]
-    return out
 
 
 def _export_setter(wrapper: torch.nn.Module, job: ExportJob):

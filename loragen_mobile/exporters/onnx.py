@@ -22,6 +22,13 @@ Swapping:
   recorded offsets of ``swap.onnx.data``; the graph and ``model.onnx.data`` are untouched, so the
   new directory also runs unmodified in onnxruntime-genai.
 
+Run-time adapter slots (``adapter_slots=R``, unquantized): every target linear also adds ``B (A x)``,
+with ``A [R, in]`` and ``B [out, R]`` the initializers ``<module>.lora_slot_A`` / ``lora_slot_B``
+(zeros: the base model) that are also optional graph inputs (``artifact.json``:
+``adapter_slots.input_names``). A loaded session takes a LoRA by feeding them with every run
+(:meth:`ONNXRunner.set_adapter`; onnxruntime-genai: an adapter file of these inputs,
+``og.Adapters``), so a lora bundle swaps without touching the base weights.
+
 Quantized exports (``quantize=``, one of :attr:`ONNXExporter.schemes`, fp32 only): every linear
 weight (the attention and MLP projections, and ``lm_head`` unless it is tied to the embedding) is
 quantized by onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, no zero points) into a
@@ -48,7 +55,7 @@ from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
-from .pipeline import ExportJob, Exporter, fake_quantize, quantizable_linears
+from .pipeline import SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, fake_quantize, quantizable_linears
 from .runner import Runner
 from .validation import THRESHOLDS
 
@@ -86,6 +93,11 @@ def part_keys(param: str, enc: quant.Encoding) -> dict[str, str]:
     return {"q": f"{param}_Q{enc.bits}", "scale": f"{param}_scales"}
 
 
+def adapter_input_names(modules: list[str]) -> list[str]:
+    """The adapter slot inputs of ``modules``, in slot order: A then B of each module."""
+    return [f"{m}.{SLOT_BUFFER}{x}" for m in modules for x in "AB"]
+
+
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     ins = ["input_ids", "attention_mask", "position_ids"]
     outs = ["logits"]
@@ -105,6 +117,16 @@ def slot_ort_values(artifact: Artifact, swap) -> dict[str, object]:
     return {slots[n].key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(swap[n].numpy())) for n in swap}
 
 
+def adapter_ort_values(artifact: Artifact, values: list[torch.Tensor]) -> dict[str, object]:
+    """Adapter slot input name -> OrtValue in the artifact's precision, for the values of
+    :func:`~.pipeline.adapter_slot_inputs` (in the order of ``adapter_slots.input_names``)."""
+    import onnxruntime as ort
+
+    slots, np_dtype = artifact.meta["adapter_slots"], _NP[artifact.meta["kv_dtype"]]
+    return {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy().astype(np_dtype)))
+            for n, v in zip(slots["input_names"], values)}
+
+
 class ONNXRunner(Runner):
     def __init__(self, artifact: Artifact, swap: dict[str, torch.Tensor], providers=None):
         super().__init__(artifact)
@@ -116,6 +138,7 @@ class ONNXRunner(Runner):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         self._fed: dict[str, object] = {}  # swap slot key -> OrtValue fed with every run
+        self._adapter: dict[str, object] = {}  # adapter slot input -> OrtValue fed with every run
         self.swaps_in_place = bool(m.get("swap_inputs"))
         if swap and not self.swaps_in_place:  # slots that are no graph inputs: initializers replaced at load
             self._overrides = slot_ort_values(artifact, swap)  # must outlive the session
@@ -144,6 +167,16 @@ class ONNXRunner(Runner):
         finally:
             self.reset()
 
+    def set_adapter(self, adapter) -> None:
+        """The LoRA ``adapter`` in the run-time adapter slots (``None``: the base model): the loaded
+        session stays, the slot inputs are fed with every run; the KV cache is reset."""
+        slots = self.artifact.meta.get("adapter_slots")
+        if not slots:
+            super().set_adapter(adapter)
+        values = adapter_slot_inputs(slots, adapter)  # checked before the current adapter is dropped
+        self._adapter = adapter_ort_values(self.artifact, values)
+        self.reset()
+
     def _reset(self):
         empty = np.zeros((1, self.n_kv, 0, self.head_dim), dtype=self.np_dtype)
         self.past = [empty] * (2 * self.n_layers)
@@ -157,6 +190,7 @@ class ONNXRunner(Runner):
             feed[f"past_key_values.{i}.key"] = self.past[2 * i]
             feed[f"past_key_values.{i}.value"] = self.past[2 * i + 1]
         feed.update(self._fed)
+        feed.update(self._adapter)
         outs = self.session.run(None, feed)
         self.past = list(outs[1:])
         return torch.from_numpy(np.asarray(outs[0][0], dtype=np.float32))
@@ -168,6 +202,7 @@ class ONNXExporter(Exporter):
     #: MatMulNBits, symmetric: scheme -> encoding of the stored weights (quant.py)
     schemes = {"int4-b32": "ort-int4-b32", "int4-b128": "ort-int4-b128", "int8-b128": "ort-int8-b128",
                "8da4w-b32": "ort-int4-b32"}
+    has_adapter_slots = True
 
     def wrap(self, job: ExportJob) -> torch.nn.Module:
         return PastKVLM(job.model, all_logits=job.all_logits).eval()
@@ -216,7 +251,11 @@ class ONNXExporter(Exporter):
                 init.data_location = onnx.TensorProto.EXTERNAL
         if job.encoding is None:  # the slots become optional inputs: a loaded session swaps them per run
             by_name = {i.name: i for i in proto.graph.initializer}
-            for n in job.swap_names:
+            adapter = adapter_input_names(job.state["slot_modules"]) if job.adapter_slots else []
+            lost = [n for n in adapter if n not in by_name]
+            if lost:
+                raise LoragenError(f"onnx export renamed the adapter slot buffer {lost[0]}; cannot make it an input")
+            for n in [*job.swap_names, *adapter]:
                 proto.graph.input.append(onnx.helper.make_tensor_value_info(n, by_name[n].data_type, list(by_name[n].dims)))
         onnx.save(proto, str(job.out / MODEL))
         shutil.rmtree(raw)
@@ -278,6 +317,13 @@ class ONNXExporter(Exporter):
             **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": accuracy_level(job.quantize),
                                  "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
                if job.encoding is not None else {}),
+            **({"adapter_slots": {
+                "input_names": adapter_input_names(job.state["slot_modules"]), "rank": job.adapter_slots,
+                "modules": job.state["slot_modules"],
+                "shapes": [list(job.params[m + ".weight"].shape) for m in job.state["slot_modules"]],
+                "inputs": "A [rank, in], B [out, rank] of each module in this order, optional graph inputs whose "
+                          "defaults are zero initializers (the base model); B carries the LoRA scale"}}
+               if job.adapter_slots else {}),
         }
 
     def slot_offsets(self, root: Path, slots: list[SwapSlot]) -> dict[str, int]:

@@ -55,6 +55,9 @@ _BACKENDS = {"executorch": "executorch", "onnx": "onnx", "coreml": "coreml"}
 #: the precisions an artifact can be exported in (names of :mod:`loragen_mobile.dtypes`)
 PRECISIONS = ("fp32", "fp16")
 
+#: the run-time adapter slots' buffers of a target module: <module>.lora_slot_A, <module>.lora_slot_B
+SLOT_BUFFER = "lora_slot_"
+
 #: the pipeline's steps, in order (also the progress bar's labels)
 STEPS = ("load", "wrap", "quantize", "lower", "swap slots", "artifact.json")
 
@@ -124,7 +127,8 @@ class Exporter:
         target module a run-time LoRA of rank <= R that a loaded program replaces in place
         (:meth:`Runner.set_adapter`; backends with ``has_adapter_slots``)."""
         if adapter_slots and not self.has_adapter_slots:
-            raise LoragenError(f"{self.name}: run-time adapter slots are an ExecuTorch export option", code="usage")
+            raise LoragenError(f"{self.name}: run-time adapter slots are an ExecuTorch and ONNX export option",
+                               code="usage")
         if adapter_slots < 0 or (adapter_slots and adapter is not None):
             raise LoragenError("adapter slots need a positive rank and no unmerged adapter", code="usage")
         if adapter_slots and quantize is not None:
@@ -145,6 +149,9 @@ class Exporter:
             step(0)
             job = self.load(model_dir, tmp, precision, max_context, targets, adapter, quantize, all_logits)
             job.encoding, job.adapter_slots = encoding, int(adapter_slots)
+            if job.adapter_slots:  # zero LoRA buffers on every target module, filled at run time
+                job.state["slot_modules"] = [n[: -len(".weight")] for n in job.swap_names]
+                add_adapter_slots(job.model, job.state["slot_modules"], job.adapter_slots, job.dtype)
             step(1)
             wrapper = self.wrap(job)
             step(2)
@@ -538,3 +545,47 @@ def swap_param_names(model, targets) -> list[str]:
     if not names:
         raise LoragenError(f"no swappable modules match targets {list(targets)}")
     return names
+
+
+def add_adapter_slots(model: torch.nn.Module, modules: list[str], rank: int, dtype: torch.dtype) -> None:
+    """Give each linear in ``modules`` zero LoRA buffers ``lora_slot_A [rank, in]`` / ``lora_slot_B
+    [out, rank]`` and a forward hook adding ``B (A x)`` (the parameter names stay the HF ones)."""
+    for name in modules:
+        lin = model.get_submodule(name)
+        lin.register_buffer(SLOT_BUFFER + "A", torch.zeros(rank, lin.in_features, dtype=dtype))
+        lin.register_buffer(SLOT_BUFFER + "B", torch.zeros(lin.out_features, rank, dtype=dtype))
+        lin.register_forward_hook(_add_slot_lora)
+
+
+def _add_slot_lora(mod, args, out):
+    x = args[0]
+    return out + torch.nn.functional.linear(torch.nn.functional.linear(x, mod.lora_slot_A), mod.lora_slot_B)
+
+
+def adapter_slot_inputs(slots: dict, adapter) -> list[torch.Tensor]:
+    """The run-time adapter slots' values for ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter`
+    of rank <= the slots' rank, on some or all of the slot modules; ``None``: the base model), in
+    slot order (ExecuTorch: ``set_adapter``'s inputs; ONNX: the slot inputs): A and scale * B per slot
+    module, fp32, zero-padded to the slot rank, zeros for a module it does not adapt."""
+    rank, shapes = slots["rank"], slots["shapes"]  # checked by read_artifact
+    factors = dict(adapter.factors) if adapter is not None else {}
+    unknown = sorted(set(factors) - set(slots["modules"]))
+    if unknown:
+        raise LoragenError(f"the adapter adapts {unknown[0]}, which has no adapter slot in this artifact", code="input")
+    if adapter is not None and adapter.r > rank:
+        raise LoragenError(f"the adapter has rank {adapter.r}; this artifact's slots hold rank {rank} at most",
+                           code="input")
+    out = []
+    for i, m in enumerate(slots["modules"]):
+        out_f, in_f = shapes[i]
+        a = torch.zeros(rank, in_f)
+        b = torch.zeros(out_f, rank)
+        if m in factors:
+            fa, fb = factors[m]
+            if tuple(fa.shape) != (adapter.r, in_f) or tuple(fb.shape) != (out_f, adapter.r):
+                raise LoragenError(f"LoRA factors of {m} have shapes A {tuple(fa.shape)}, B {tuple(fb.shape)}; "
+                                   f"the slot takes A [r, {in_f}], B [{out_f}, r]", code="input")
+            a[: adapter.r] = fa.float()
+            b[:, : adapter.r] = fb.float() * adapter.scale
+        out += [a, b]
+    return out

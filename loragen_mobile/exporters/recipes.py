@@ -28,7 +28,7 @@ class ExportRecipe:
     dtype: str | None = None
     quantize: str | None = None
     targets: list[str] | None = None
-    adapter_slots: int | None = None  # ExecuTorch: rank of the run-time LoRA slots
+    adapter_slots: int | None = None  # ExecuTorch, ONNX: rank of the run-time LoRA slots
 
     @property
     def preset(self) -> str | None:

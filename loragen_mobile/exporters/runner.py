@@ -46,9 +46,9 @@ class Runner:
         """Run the loaded program with ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter`, e.g.
         :func:`loragen_mobile.bundle.bundle_adapter`; ``None``: the base model) in its run-time adapter
         slots, without loading it again; the KV cache is reset. Only artifacts exported with adapter
-        slots (``loragen export --adapter-slots R``, ExecuTorch) have them."""
+        slots (``loragen export --adapter-slots R``, ExecuTorch or ONNX) have them."""
         raise LoragenError(f"artifact {self.artifact.path} has no adapter slots (export it with --adapter-slots RANK, "
-                           "ExecuTorch)", code="usage")
+                           "ExecuTorch or ONNX)", code="usage")
 
     def _reset(self) -> None:
         """Hook: the backend's part of :meth:`reset` (none where cache entries at and past ``pos``
