@@ -1,6 +1,7 @@
 """Render docs/results.md's generated blocks: the accuracy table from the evaluation reports in
 docs/eval/ (written by scripts/make-results.sh), LoRA-Gen over generator seeds from the reports of
-scripts/make-seeds.sh, and the full-size benchmark tables from the JSON
+scripts/make-seeds.sh, LoRA-Gen with quantized edge weights from the reports of
+scripts/make-quant-results.sh, and the full-size benchmark tables from the JSON
 files of one `loragen bench all --preset tinyllama-1.1b` run in docs/bench/tinyllama-1.1b/. With
 --check, fail if the document does not hold exactly those blocks."""
 
@@ -16,6 +17,7 @@ BEGIN, END = "<!-- accuracy-table:begin (scripts/make-results.sh) -->", "<!-- ac
 BENCH_BEGIN = "<!-- bench-tinyllama-1.1b:begin (scripts/render_results.py, from docs/bench/tinyllama-1.1b/) -->"
 BENCH_END = "<!-- bench-tinyllama-1.1b:end -->"
 SEEDS_BEGIN, SEEDS_END = "<!-- seed-table:begin (scripts/make-seeds.sh) -->", "<!-- seed-table:end -->"
+QUANT_BEGIN, QUANT_END = "<!-- quant-table:begin (scripts/make-quant-results.sh) -->", "<!-- quant-table:end -->"
 #: (table name, report file) in table order
 REPORTS = [("tiny-llama", "tiny-llama-unseen.json"), ("tiny-llama", "tiny-llama-seen.json"),
            ("tiny-gemma", "tiny-gemma-unseen.json"), ("tiny-gemma", "tiny-gemma-seen.json")]
@@ -41,6 +43,21 @@ def seeds() -> str:
     return format_seed_table(rows)
 
 
+def quant() -> str:
+    from loragen_mobile.generator.evaluate import format_quant_table
+    from loragen_mobile.quant import get
+
+    rows = []
+    for name in dict.fromkeys(name for name, _ in REPORTS):
+        base = ROOT / "docs" / "eval" / f"{name}-unseen.json"
+        reports = [json.loads(f.read_text()) for f in (ROOT / "docs" / "eval").glob(f"{name}-unseen-*.json")]
+        reports = [r for r in reports if r["weight_encoding"]]  # not the generator-seed reports
+        if base.is_file() and reports:  # 8-bit before 4-bit, then by runtime
+            rows.append((name, json.loads(base.read_text()),
+                         sorted(reports, key=lambda r: (-get(r["weight_encoding"]).bits, r["weight_encoding"]))))
+    return format_quant_table(rows)
+
+
 def bench() -> str:
     from loragen_mobile.bench.all import render_run
 
@@ -55,7 +72,7 @@ def _fill(text: str, begin: str, end: str, body: str) -> str:
 
 def render(text: str) -> str:
     text = _fill(_fill(text, BEGIN, END, table()), BENCH_BEGIN, BENCH_END, bench())
-    return _fill(text, SEEDS_BEGIN, SEEDS_END, seeds())
+    return _fill(_fill(text, SEEDS_BEGIN, SEEDS_END, seeds()), QUANT_BEGIN, QUANT_END, quant())
 
 
 if __name__ == "__main__":

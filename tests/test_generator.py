@@ -481,3 +481,20 @@ def test_seed_table_gives_the_mean_over_seeds_and_its_gap_to_the_prompt():
     assert row == ("| tiny-llama | tools | 0.500 ± 0.010 | 0.600 ± 0.010 | 0.700 ± 0.010 | 0.600 ± 0.058 "
                    "| 0.630 ± 0.020 | -0.030 (missed) |")
     assert format_seed_table([("g", rep(0.62, edge=0.63), [rep(0.62), rep(0.62)])]).endswith("-0.010 (met) |")
+
+
+def test_quant_table_gives_each_encoding_and_its_change_from_fp32():
+    from loragen_mobile.generator.evaluate import format_quant_table
+
+    def rep(encoding, tools, reasoning):
+        def row(acc):
+            return {"loragen": {"accuracy": acc, "stderr": 0.01}, "loragen_other_task": {"accuracy": 0.2, "stderr": 0.02}}
+
+        return {"weight_encoding": encoding, "results": {"reasoning": {"unseen": row(reasoning)},
+                                                         "tools": {"unseen": row(tools)}}}
+
+    text = format_quant_table([("tiny-llama", rep(None, 0.5, 0.25), [rep("ort-int8-b128", 0.488, 0.25)])])
+    head, _, fp32, int8 = text.splitlines()
+    assert head.split(" | ")[2:4] == ["tools: LoRA-Gen", "tools: other task's description"]
+    assert fp32 == "| tiny-llama | fp32 | 0.500 ± 0.010 | 0.200 ± 0.020 | 0.250 ± 0.010 | 0.200 ± 0.020 | - | - |"
+    assert int8.endswith("| `ort-int8-b128` | 0.488 ± 0.010 | 0.200 ± 0.020 | 0.250 ± 0.010 | 0.200 ± 0.020 | -1.2 | +0.0 |")

@@ -104,6 +104,15 @@ def test_eval_edge_model_holds_the_stored_weights(preset_dirs):
     assert float((params[name].detach() - want).abs().max()) <= float(enc.quantize(full[name] + b @ a)["scale"].max()) * 1.01
     sw.restore()
     assert torch.equal(params[name], enc.dequantize(enc.quantize(full[name])))
+    # as in a quantized export, a weight whose input features are not a multiple of the group stays
+    # full precision: tiny-gemma's o_proj reads 4 heads x 48 = 192 features, not a multiple of 128
+    gemma = load_model(preset_dirs["tiny-gemma"], dtype=torch.float32)
+    full = {n: p.detach().clone() for n, p in gemma.named_parameters()}
+    _Swapper(gemma, enc)
+    params = dict(gemma.named_parameters())
+    o, down = "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"
+    assert full[o].shape[1] == 192 and torch.equal(params[o], full[o])
+    assert torch.equal(params[down], enc.dequantize(enc.quantize(full[down])))
 
 
 def test_cli_help_names_every_backends_schemes():

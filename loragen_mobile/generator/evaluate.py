@@ -48,8 +48,9 @@ LORA_STEPS, LORA_LR = 150, 1e-2
 class _Swapper:
     """Load per-task weights into one edge model instance and restore the base afterwards.
 
-    With ``encoding`` (a :mod:`loragen_mobile.quant` encoding), every decoder linear weight holds
-    what a quantized artifact stores (``dequantize(quantize(W))``), and a merged LoRA gives
+    With ``encoding`` (a :mod:`loragen_mobile.quant` encoding), every decoder linear weight a
+    quantized export stores with it holds what the artifact stores (``dequantize(quantize(W))``;
+    :func:`~loragen_mobile.exporters.pipeline.quantizable_linears`), and a merged LoRA gives
     ``dequantize(quantize(W + scale * B @ A))`` from the full-precision W, as a merged bundle."""
 
     def __init__(self, model, encoding=None):
@@ -59,8 +60,12 @@ class _Swapper:
         self.encoding = encoding
         self.full: dict[str, torch.Tensor] = {}
         if encoding is not None:
-            self.full = {n: p.detach().clone() for n, p in self.params.items()
-                         if ".layers." in n and n.endswith(".weight") and p.dim() == 2}
+            from ..exporters.pipeline import quantizable_linears
+
+            # the decoder's linear weights a quantized export stores with the encoding: one whose input
+            # features are not a multiple of its group (Gemma's o_proj at head_dim 48) stays full precision
+            stored = set(quantizable_linears(model, encoding, [], "eval", head=False))
+            self.full = {n: p.detach().clone() for n, p in self.params.items() if ".layers." in n and n in stored}
             with torch.no_grad():
                 for n, w in self.full.items():
                     self.params[n].copy_(self._stored(w))
@@ -341,6 +346,26 @@ def format_seed_table(rows: list[tuple[str, dict, list[dict]]], split: str = "un
             cells = [name, suite] + [_acc(r) for r in runs] + ["-"] * (n - len(runs))
             cells += [f"{mean:.3f} ± {se:.3f}", _acc(splits[split]["edge_prompt"]),
                       f"{gap:+.3f} ({'met' if gap >= -goal else 'missed'})"]
+            lines.append(cells)
+    return _markdown(head, lines)
+
+
+def format_quant_table(rows: list[tuple[str, dict, list[dict]]], split: str = "unseen") -> str:
+    """One Markdown table of LoRA-Gen with quantized edge weights: for each (edge name, fp32 report,
+    reports of ``loragen eval --weight-encoding``), one row per edge weight encoding with LoRA-Gen and
+    the other-task control ± their standard errors per suite, and LoRA-Gen's change from fp32 in
+    points."""
+    suites = [s for s in ("tools", "reasoning") if any(s in base["results"] for _, base, _ in rows)]
+    head = ["edge", "edge weights"] + [x for s in suites for x in (f"{s}: LoRA-Gen", f"{s}: other task's description")] \
+        + [f"{s}: LoRA-Gen minus fp32 (points)" for s in suites]
+    lines = []
+    for name, base, quantized in rows:
+        for rep in [base, *quantized]:
+            res = {s: rep["results"][s][split] for s in suites}
+            ref = {s: base["results"][s][split]["loragen"]["accuracy"] for s in suites}
+            cells = [name, f"`{rep['weight_encoding']}`" if rep["weight_encoding"] else "fp32"]
+            cells += [_acc(res[s][m]) for s in suites for m in ("loragen", "loragen_other_task")]
+            cells += ["-" if rep is base else f"{100 * (res[s]['loragen']['accuracy'] - ref[s]):+.1f}" for s in suites]
             lines.append(cells)
     return _markdown(head, lines)
 
