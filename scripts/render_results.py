@@ -2,7 +2,7 @@
 docs/eval/ (written by scripts/make-results.sh), LoRA-Gen over generator seeds from the reports of
 scripts/make-seeds.sh, LoRA-Gen with quantized edge weights from the reports of
 scripts/make-quant-results.sh, and the full-size benchmark tables from the JSON
-files of one `loragen bench all --preset tinyllama-1.1b` run in docs/bench/tinyllama-1.1b/. With
+files of each `loragen bench all --preset P` run in docs/bench/P/. With
 --check, fail if the document does not hold exactly those blocks."""
 
 from __future__ import annotations
@@ -14,8 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- accuracy-table:begin (scripts/make-results.sh) -->", "<!-- accuracy-table:end -->"
-BENCH_BEGIN = "<!-- bench-tinyllama-1.1b:begin (scripts/render_results.py, from docs/bench/tinyllama-1.1b/) -->"
-BENCH_END = "<!-- bench-tinyllama-1.1b:end -->"
+#: the full-size runs rendered into docs/results.md, each from the JSON files in docs/bench/PRESET/
+BENCH_PRESETS = ("tinyllama-1.1b", "llama-3.2-1b")
+
+
+def bench_markers(preset: str) -> tuple[str, str]:
+    return (f"<!-- bench-{preset}:begin (scripts/render_results.py, from docs/bench/{preset}/) -->",
+            f"<!-- bench-{preset}:end -->")
+
+
+BENCH_BEGIN, BENCH_END = bench_markers("tinyllama-1.1b")
 SEEDS_BEGIN, SEEDS_END = "<!-- seed-table:begin (scripts/make-seeds.sh) -->", "<!-- seed-table:end -->"
 QUANT_BEGIN, QUANT_END = "<!-- quant-table:begin (scripts/make-quant-results.sh) -->", "<!-- quant-table:end -->"
 #: (table name, report file) in table order
@@ -58,10 +66,10 @@ def quant() -> str:
     return format_quant_table(rows)
 
 
-def bench() -> str:
+def bench(preset: str) -> str:
     from loragen_mobile.bench.all import render_run
 
-    return render_run(ROOT / "docs" / "bench" / "tinyllama-1.1b").rstrip()
+    return render_run(ROOT / "docs" / "bench" / preset).rstrip()
 
 
 def _fill(text: str, begin: str, end: str, body: str) -> str:
@@ -71,7 +79,10 @@ def _fill(text: str, begin: str, end: str, body: str) -> str:
 
 
 def render(text: str) -> str:
-    text = _fill(_fill(text, BEGIN, END, table()), BENCH_BEGIN, BENCH_END, bench())
+    text = _fill(text, BEGIN, END, table())
+    for preset in BENCH_PRESETS:  # the runs made so far
+        if (ROOT / "docs" / "bench" / preset / "all.json").is_file():
+            text = _fill(text, *bench_markers(preset), bench(preset))
     return _fill(_fill(text, SEEDS_BEGIN, SEEDS_END, seeds()), QUANT_BEGIN, QUANT_END, quant())
 
 

@@ -101,9 +101,13 @@ def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, m
     return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
 
 
-#: the full-size presets: their model directories are written in fp16 (half the disk and the load
-#: memory; exports still run in their own precision), and some benchmarks skip in-process timings
-LARGE_PRESETS = ("tinyllama-1.1b", "gemma-2b")
+def large_preset(preset: str) -> bool:
+    """A preset of published shapes (not ``tiny``), e.g. tinyllama-1.1b, llama-3.2-1b, gemma-2b: its
+    model directory is written in fp16 (half the disk and the load memory; exports still run in their
+    own precision), and some benchmarks skip in-process timings."""
+    from ..models import PRESETS
+
+    return preset in PRESETS and not PRESETS[preset].tiny
 
 
 def preset_model_dir(work: Path, preset: str, min_positions: int = 0) -> Path:
@@ -115,7 +119,7 @@ def preset_model_dir(work: Path, preset: str, min_positions: int = 0) -> Path:
 
     d = work / f"model-{preset}"
     if not d.exists():
-        init_model_dir(preset, d, dtype=torch.float16 if preset in LARGE_PRESETS else torch.float32,
+        init_model_dir(preset, d, dtype=torch.float16 if large_preset(preset) else torch.float32,
                        min_positions=min_positions)
     return d
 

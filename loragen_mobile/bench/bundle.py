@@ -7,10 +7,10 @@ adapter slots of the bundle's rank, and a lora bundle goes to ``set_adapter``; O
 keeps the session and feeds the weight slots as inputs) and a cold load of the base artifact, each with its first
 token; and the decode rate before and after the swap. The CLI steps a developer or
 the service runs (`loragen bundle build` of each kind, `verify`, `apply` of each kind) also run as
-child processes, each with its wall time and peak RSS read from the kernel. The large shapes
-(tinyllama-1.1b, gemma-2b; random weights) take a long time to export on a laptop: they run only
-when named with --presets, and skip the in-process build / verify timings (their child steps stand
-for them). Writes JSON and a PNG bar chart.
+child processes, each with its wall time and peak RSS read from the kernel. The published shapes
+(tinyllama-1.1b, llama-3.2-1b, gemma-2b, ...; random weights) take a long time to export on a
+laptop: they run only when named with --presets, and skip the in-process build / verify timings
+(their child steps stand for them). Writes JSON and a PNG bar chart.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run(args) -> dict:
     from ..bundle import build_bundle, bundle_adapter, bundle_swap, verify_bundle
     from ..bundle.keys import generate_keypair, load_private_key, load_public_key
     from ..exporters import get_exporter
-    from . import LARGE_PRESETS, machine_info, preset_adapter, shared_export, time_call, write_json
+    from . import large_preset, machine_info, preset_adapter, shared_export, time_call, write_json
 
     work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def run(args) -> dict:
     result = {"bench": "bundle", "rank": args.rank, "machine": machine_info(), "results": {}}
     jobs = [(p, b) for p in presets for b in backends]
     for preset, backend in tqdm(jobs, desc="bundle bench", unit="artifact"):
-        big = preset in LARGE_PRESETS
+        big = large_preset(preset)
         exp = get_exporter(backend)
         slots = args.rank if exp.has_adapter_slots else 0  # lora bundles swap in place
         art, figures = shared_export(work, preset, backend, None, args.max_context, slots=slots)
