@@ -13,8 +13,8 @@
 Each export runs in a child process (wall time, peak RSS); each artifact then runs in a fresh
 process (cold load + first token, prefill, decode tokens/s; see stock_run.py). The greedy tokens
 of every pair are compared: at fp32 both must give the same tokens, or the speed comparison is
-between different models (at fp16 and below, the two graphs round differently). Ratios (ours / peer) are the result. Random weights: speed and memory
-do not depend on them.
+between different models (at fp16 and below, the two graphs round differently). Ratios (ours /
+peer) are the result. Random weights: speed and memory do not depend on them.
 
   loragen bench peers --backends onnx --out bench-out/peers.json
   loragen bench peers --preset tinyllama-1.1b --max-context 512 --work-dir bench-out/peers-1.1b --out bench-out/peers-1.1b.json   # long
@@ -32,7 +32,7 @@ from pathlib import Path
 OPTIMUM_EXECUTORCH = ("torch==2.13.0", "executorch==1.5.1", "optimum-executorch==1.1.0")
 
 #: (backend, precision) -> our `loragen export` quantize scheme, the peer's name and its export options
-#: (precision "fp16": both export fp16 weights and compute; ours with `--dtype fp16`).
+#: (precision "fp16": both store fp16 weights; ours is `--dtype fp16`).
 #: The builder's CPU int4 default (block 32) computes with int8 activations (MatMulNBits
 #: accuracy_level 4), as our 8da4w-b32 does; for int4-b32 (fp32 activations) it is asked for
 #: accuracy_level 1.

@@ -50,7 +50,7 @@ from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import StaticCacheLM
-from .pipeline import SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, graph_name
+from .pipeline import SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, adapter_slots_meta, graph_name
 from .runner import Runner
 from .validation import THRESHOLDS
 
@@ -281,10 +281,9 @@ class ExecuTorchExporter(Exporter):
             "logits": "all" if job.all_logits else "last",
             "kv_cache": "static, in mutable buffers (memory-planned), max_context positions",
             "files": [PTE, DATA],
-            **({"adapter_slots": {
-                "method": ADAPTER_METHOD, "rank": job.adapter_slots, "modules": job.state["slot_modules"],
-                "shapes": [list(job.params[m + ".weight"].shape) for m in job.state["slot_modules"]],
-                "inputs": "A [rank, in], B [out, rank] of each module in this order; B carries the LoRA scale"}}
+            **({"adapter_slots": adapter_slots_meta(
+                job, {"method": ADAPTER_METHOD},
+                "A [rank, in], B [out, rank] of each module in this order; B carries the LoRA scale")}
                if job.adapter_slots else {}),
         }
 

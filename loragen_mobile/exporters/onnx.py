@@ -55,7 +55,8 @@ from ..errors import LoragenError
 from ..families import family_of
 from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
-from .pipeline import SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, fake_quantize, quantizable_linears
+from .pipeline import (SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, adapter_slots_meta, fake_quantize,
+                       quantizable_linears)
 from .runner import Runner
 from .validation import THRESHOLDS
 
@@ -228,9 +229,11 @@ class ONNXExporter(Exporter):
         _onnx_export(wrapper, raw / MODEL, job.max_context)
         proto = onnx.load(str(raw / MODEL), load_external_data=True)
         names = {i.name for i in proto.graph.initializer}
-        missing = [n for n in job.swap_names if n not in names]
+        adapter = adapter_input_names(job.state["slot_modules"]) if job.adapter_slots else []
+        missing = [n for n in [*job.swap_names, *adapter] if n not in names]
         if missing:
-            raise LoragenError(f"onnx export renamed swappable weights (e.g. {missing[0]}); cannot record slots")
+            raise LoragenError(f"onnx export renamed swappable weights or adapter slot buffers (e.g. {missing[0]}); "
+                               f"cannot record slots")
         swap_names = set(job.swap_names)
         if job.encoding is not None:
             proto = _quantize_graph(proto, job.quantized, job.encoding, accuracy_level(job.quantize))
@@ -251,10 +254,6 @@ class ONNXExporter(Exporter):
                 init.data_location = onnx.TensorProto.EXTERNAL
         if job.encoding is None:  # the slots become optional inputs: a loaded session swaps them per run
             by_name = {i.name: i for i in proto.graph.initializer}
-            adapter = adapter_input_names(job.state["slot_modules"]) if job.adapter_slots else []
-            lost = [n for n in adapter if n not in by_name]
-            if lost:
-                raise LoragenError(f"onnx export renamed the adapter slot buffer {lost[0]}; cannot make it an input")
             for n in [*job.swap_names, *adapter]:
                 proto.graph.input.append(onnx.helper.make_tensor_value_info(n, by_name[n].data_type, list(by_name[n].dims)))
         onnx.save(proto, str(job.out / MODEL))
@@ -317,12 +316,10 @@ class ONNXExporter(Exporter):
             **({"quantized_op": {"op": "com.microsoft.MatMulNBits", "accuracy_level": accuracy_level(job.quantize),
                                  "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
                if job.encoding is not None else {}),
-            **({"adapter_slots": {
-                "input_names": adapter_input_names(job.state["slot_modules"]), "rank": job.adapter_slots,
-                "modules": job.state["slot_modules"],
-                "shapes": [list(job.params[m + ".weight"].shape) for m in job.state["slot_modules"]],
-                "inputs": "A [rank, in], B [out, rank] of each module in this order, optional graph inputs whose "
-                          "defaults are zero initializers (the base model); B carries the LoRA scale"}}
+            **({"adapter_slots": adapter_slots_meta(
+                job, {"input_names": adapter_input_names(job.state["slot_modules"])},
+                "A [rank, in], B [out, rank] of each module in this order, optional graph inputs whose defaults "
+                "are zero initializers (the base model); B carries the LoRA scale")}
                if job.adapter_slots else {}),
         }
 

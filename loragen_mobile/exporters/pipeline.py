@@ -562,6 +562,15 @@ def _add_slot_lora(mod, args, out):
     return out + torch.nn.functional.linear(torch.nn.functional.linear(x, mod.lora_slot_A), mod.lora_slot_B)
 
 
+def adapter_slots_meta(job: ExportJob, how: dict, inputs: str) -> dict:
+    """artifact.json's ``adapter_slots`` block: how a runtime fills the slots (``how``: a method or
+    the input names), their rank, modules and ``[out, in]`` shapes, and ``inputs`` (the values' order
+    and meaning)."""
+    modules = job.state["slot_modules"]
+    return {**how, "rank": job.adapter_slots, "modules": modules,
+            "shapes": [list(job.params[m + ".weight"].shape) for m in modules], "inputs": inputs}
+
+
 def adapter_slot_inputs(slots: dict, adapter) -> list[torch.Tensor]:
     """The run-time adapter slots' values for ``adapter`` (a :class:`~loragen_mobile.lora.LoraAdapter`
     of rank <= the slots' rank, on some or all of the slot modules; ``None``: the base model), in
