@@ -55,11 +55,23 @@ def test_quantized_export_bytes_and_runtimes(case, quant_artifacts, model_dirs):
     assert art.meta["quantized_op"]["accuracy_level"] == ACCURACY_LEVEL == 1
 
     model = load_model(model_dirs[preset], dtype=torch.float32)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     linears = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    tied = preset == "tiny-gemma"  # lm_head is the embedding table: kept fp32
-    assert info["params"] == [n for n in linears if not (tied and n == "lm_head.weight")]
-    assert ("lm_head.weight" in info["params"]) == (not tied)
+    assert info["params"] == linears and linears[-1] == "lm_head.weight"
+    # a tied lm_head is the embedding table too: stored once, quantized, and the embedding lookup
+    # reads it through GatherBlockQuantized (no fp32 table left in the graph)
+    tied = preset == "tiny-gemma"
+    assert model.config.tie_word_embeddings == tied
+    import onnx
+    graph = onnx.load(str(art.path / MODEL), load_external_data=False).graph
+    lookups = [n for n in graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and "input_ids" in n.input]
+    assert [n.op_type for n in lookups] == ["GatherBlockQuantized" if tied else "Gather"]
+    table = [i for i in graph.initializer if list(i.dims) == list(params["model.embed_tokens.weight"].shape)]
+    assert len(table) == (0 if tied else 1)
+    if tied:
+        attrs = {a.name: a.i for a in lookups[0].attribute}
+        assert attrs == {"bits": enc.bits, "block_size": enc.group, "gather_axis": 0, "quantize_axis": 1}
+        assert lookups[0].input[2] == part_keys("lm_head.weight", enc)["scale"]
 
     # every swappable weight is two part slots, in order, holding exactly the rule's bytes
     slots = art.slots

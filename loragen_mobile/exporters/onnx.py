@@ -30,9 +30,11 @@ with ``A [R, in]`` and ``B [out, R]`` the initializers ``<module>.lora_slot_A`` 
 ``og.Adapters``), so a lora bundle swaps without touching the base weights.
 
 Quantized exports (``quantize=``, one of :attr:`ONNXExporter.schemes`, fp32 only): every linear
-weight (the attention and MLP projections, and ``lm_head`` unless it is tied to the embedding) is
-quantized by onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, no zero points) into a
-``com.microsoft`` ``MatMulNBits`` node. The ``int*`` schemes compute in fp32 (``accuracy_level`` 1);
+weight (the attention and MLP projections and ``lm_head``) is quantized by onnxruntime's own
+``MatMulNBitsQuantizer`` (symmetric, no zero points) into a ``com.microsoft`` ``MatMulNBits`` node.
+A ``lm_head`` tied to the embedding is stored once: the embedding lookup reads the head's quantized
+table through ``com.microsoft`` ``GatherBlockQuantized`` (the same blocks and scales; without zero
+points it uses MatMulNBits' implicit one), as onnxruntime-genai's model builder stores it. The ``int*`` schemes compute in fp32 (``accuracy_level`` 1);
 ``8da4w-b32`` stores the same weights as ``int4-b32`` and quantizes the activations to int8 at run
 time (``accuracy_level`` 4: symmetric, one scale per 32 inputs), onnxruntime-genai's model builder's
 CPU default, several times faster to decode on x86 (docs/results.md, "Peers"). Each initializer
@@ -213,7 +215,7 @@ class ONNXExporter(Exporter):
         graph); here the weights it must quantize are chosen (:func:`quantizable_linears`)."""
         if job.encoding is None:
             return wrapper
-        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name)
+        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, tied_head=True)
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
@@ -406,7 +408,9 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
     The exported graph computes a linear layer as ``MatMul(x, Transpose(W))``; the quantizer only
     takes a MatMul whose B input is an initializer, so each ``Transpose(W)`` is first folded into
     ``W`` itself (stored ``[in, out]``, same name). Only those MatMuls have constant weights, so
-    the quantizer converts exactly ``names``; anything else is an error (code ``model``)."""
+    the quantizer converts exactly ``names``; anything else is an error (code ``model``). A weight
+    that a ``Gather`` also reads (a tied embedding table) is quantized for its MatMul and the
+    Gather becomes a ``GatherBlockQuantized`` of the same quantized table (:func:`_gather_quantized`)."""
     import logging
 
     from onnx import numpy_helper
@@ -418,9 +422,15 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
     for node in g.node:
         for i in node.input:
             users.setdefault(i, []).append(node)
-    drop = set()
+    drop, tables = set(), {}
     for name in names:
         tr = users.get(name, [])
+        gathers = [n for n in tr if n.op_type == "Gather" and list(n.input)[0] == name
+                   and all(a.i == 0 for a in n.attribute if a.name == "axis")]
+        if gathers:
+            tables[name] = gathers
+            drop.update(id(n) for n in gathers)
+            tr = [n for n in tr if n not in gathers]
         ok = (name in inits and len(tr) == 1 and tr[0].op_type == "Transpose"
               and [list(a.ints) for a in tr[0].attribute if a.name == "perm"] in ([[1, 0]], []))
         mm = users.get(tr[0].output[0], []) if ok else []
@@ -450,6 +460,8 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
         for log, level in zip(logs, levels):
             log.setLevel(level)
     out = q.model.model
+    for name, gathers in tables.items():
+        _gather_quantized(out.graph, name, gathers, enc)
     have = {i.name for i in out.graph.initializer}
     converted = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
     lost = [n for n in names if not set(part_keys(n, enc).values()) <= have or n in have]
@@ -458,6 +470,28 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
         raise LoragenError(f"onnx: onnxruntime's quantizer did not convert the expected weights ({what})",
                            code="model")
     return out
+
+
+def _gather_quantized(graph, name: str, gathers: list, enc: quant.Encoding) -> None:
+    """Prepend to ``graph`` the lookups ``gathers`` (``Gather(W, ids)``, W the table of the weight
+    ``name`` that the quantizer replaced by its parts) as ``GatherBlockQuantized`` of those parts:
+    the q part viewed as ``[rows, in * bits / 8]`` and the scales ``[rows, in / block]``."""
+    import onnx
+    from onnx import helper
+
+    inits = {i.name: i for i in graph.initializer}
+    keys = part_keys(name, enc)
+    rows, *rest = [int(d) for d in inits[keys["q"]].dims]
+    shape = f"{name}_gather_shape"
+    graph.initializer.append(helper.make_tensor(shape, onnx.TensorProto.INT64, [2], [rows, int(np.prod(rest))]))
+    nodes = [helper.make_node("Reshape", [keys["q"], shape], [f"{name}_gather_data"], name=f"{name}_gather_reshape")]
+    nodes += [helper.make_node("GatherBlockQuantized", [f"{name}_gather_data", g.input[1], keys["scale"]],
+                               list(g.output), name=f"{g.name}_quantized", domain="com.microsoft",
+                               bits=enc.bits, block_size=enc.group, gather_axis=0, quantize_axis=1)
+              for g in gathers]
+    kept = list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(nodes + kept)
 
 
 def genai_config(cfg, max_context: int, head_dim: int) -> dict:

@@ -418,10 +418,11 @@ class Exporter:
 
 
 def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names, backend: str, *,
-                        head: bool = True) -> list[str]:
+                        head: bool = True, tied_head: bool = False) -> list[str]:
     """The weights a quantized export stores with ``enc``: every ``nn.Linear`` weight less a PEFT
     adapter's LoRA factors, weights tied to another parameter (a tied ``lm_head`` is the embedding
-    table too), the output head unless ``head``, and non-swappable weights the encoding cannot hold
+    table too, kept unless ``tied_head``: the backend then looks the embedding up in the quantized
+    head), the output head unless ``head``, and non-swappable weights the encoding cannot hold
     (their input features not a multiple of its group). A swappable weight that cannot be quantized
     is refused (code ``encoding``), one that is no linear weight too (code ``model``)."""
     counts: dict[int, int] = {}
@@ -434,7 +435,8 @@ def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names,
         if not isinstance(m, torch.nn.Linear) or ".lora_" in f".{mod_name}":
             continue
         name = f"{mod_name}.weight"
-        skip = counts.get(id(m.weight), 0) > 1 or (not head and id(m.weight) == head_id)
+        is_head = id(m.weight) == head_id
+        skip = (counts.get(id(m.weight), 0) > 1 and not (tied_head and head and is_head)) or (not head and is_head)
         if name in swap:
             if skip:
                 raise LoragenError(f"{backend}: swappable weight {name} is tied to another parameter or is the "
@@ -452,10 +454,10 @@ def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names,
 
 def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
     """``model`` (in place) with each weight the artifact quantized replaced by its dequantized
-    stored value, ``encoding.dequantize(encoding.quantize(W))``."""
+    stored value, ``encoding.dequantize(encoding.quantize(W))`` (a tied table in both its uses)."""
     info = art.meta.get("weight_encoding") or {}
     enc = quant.get(info.get("id"))
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name in info.get("params", []):
             w = params[name]
