@@ -42,6 +42,7 @@ import hashlib
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -223,18 +224,20 @@ class ExecuTorchExporter(Exporter):
         gm = ep.module()
         delegate_external_constants_pass_unlifted(module=gm, gen_tag_fn=tag)
         ep = _export(gm, job.max_context)
-        if not job.adapter_slots:
-            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
-                                               constant_methods=job.state["metadata"])
-            et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
-        else:
-            methods = {"forward": ep, ADAPTER_METHOD: _export_setter(wrapper, job)}
-            edge = to_edge_transform_and_lower(methods, partitioner=[XnnpackPartitioner(configs=_slot_free_configs())],
-                                               constant_methods=job.state["metadata"])
-            et = edge.to_executorch(ExecutorchBackendConfig(
-                external_constants=tag, emit_mutable_buffer_names=True,
-                memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
-                passes=[InitializedMutableBufferPass([SLOT_BUFFER])]))
+        with _preprocess_sharing_weights():
+            if not job.adapter_slots:
+                edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                                   constant_methods=job.state["metadata"])
+                et = edge.to_executorch(ExecutorchBackendConfig(external_constants=tag))
+            else:
+                methods = {"forward": ep, ADAPTER_METHOD: _export_setter(wrapper, job)}
+                edge = to_edge_transform_and_lower(
+                    methods, partitioner=[XnnpackPartitioner(configs=_slot_free_configs())],
+                    constant_methods=job.state["metadata"])
+                et = edge.to_executorch(ExecutorchBackendConfig(
+                    external_constants=tag, emit_mutable_buffer_names=True,
+                    memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+                    passes=[InitializedMutableBufferPass([SLOT_BUFFER])]))
         with open(job.out / PTE, "wb") as f:
             et.write_to_file(f)
         et.write_tensor_data_to_file(str(job.out))
@@ -470,6 +473,36 @@ def _slot_free_configs() -> list:
         return type(cls.__name__, (cls,), {"check_constraints": check_constraints})
 
     return [guarded(c) for c in ALL_PARTITIONER_CONFIGS]
+
+
+@contextmanager
+def _preprocess_sharing_weights():
+    """XNNPACK preprocessing without a copy of the weights, while the block runs.
+
+    ExecuTorch deep-copies every partition's program, weights included, before preprocessing them
+    all (``BackendDetails.copy_exported_program_for_preprocess``), and XNNPACK then serializes a
+    copy of each weight: a full-size fp32 export held the weights three times (TinyLlama-1.1B: a
+    12.6 GiB peak, 3.9 GiB of it these copies). XNNPACK's preprocessing reads the weights and
+    never writes them, so its copies share the tensors and copy the graphs only, as ExecuTorch's
+    own CUDA backend does in its low-memory mode."""
+    import copy
+
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    def copy_sharing(cls, program, compile_specs):
+        shared = {id(t): t for values in (program.state_dict, program.constants) for t in values.values()
+                  if isinstance(t, torch.Tensor)}
+        return copy.deepcopy(program, shared)
+
+    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing)
+    try:
+        yield
+    finally:
+        if own is None:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+        else:  # pragma: no cover - a later ExecuTorch that defines its own
+            XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
 def _export(module, max_context: int):

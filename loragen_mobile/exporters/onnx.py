@@ -212,24 +212,45 @@ class ONNXExporter(Exporter):
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
         """The graph is quantized in :meth:`lower` (onnxruntime's quantizer works on the ONNX
-        graph); here the weights it must quantize are chosen (:func:`quantizable_linears`)."""
+        graph); here the weights it must quantize are chosen (:func:`quantizable_linears`) and each
+        of their linears becomes :class:`_InputMajorLinear`, so that the graph holds them as
+        ``MatMul(x, W)`` with ``W`` stored ``[in, out]``, the form the quantizer takes. A head
+        tied to the embedding gets its own ``[in, out]`` copy; :func:`_quantize_graph` then points
+        the embedding lookup at its quantized parts (``job.state["tied_tables"]``)."""
         if job.encoding is None:
             return wrapper
         job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, tied_head=True)
+        head = job.model.get_output_embeddings().weight
+        job.state["tied_tables"] = {n: e for n, p in job.params.items() if p is head for e, q in job.params.items()
+                                    if q is head and e != n and n in job.quantized}
+        for name in job.quantized:
+            path = name[: -len(".weight")]
+            linear = wrapper.get_submodule(path)
+            new = _InputMajorLinear(linear)
+            for root in (wrapper, job.model):  # the wrapper's own lm_head attribute, and the HF model's
+                parent, _, attr = path.rpartition(".")
+                owner = root.get_submodule(parent) if parent else root
+                if getattr(owner, attr, None) is linear:
+                    setattr(owner, attr, new)
+            job.params[name] = new.weight.t()  # the [out, in] values, a view
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
         """torch.onnx.export, then the initializers split into external data (swap slots in SWAP,
-        other large ones in FOUNDATION, each 64-byte aligned), then genai_config.json."""
+        other large ones in FOUNDATION, each 64-byte aligned), then genai_config.json.
+
+        The split streams each initializer's bytes from the exported data file, so the weights are
+        held once (by the loaded model). A quantized export loads them into the graph for
+        onnxruntime's quantizer, after the loaded model's are released (:meth:`ExportJob.release_weights`)."""
         import shutil
 
         import onnx
-        from onnx.external_data_helper import set_external_data
+        from onnx.external_data_helper import load_external_data_for_model
 
         raw = job.out / "raw"
         raw.mkdir()
         _onnx_export(wrapper, raw / MODEL, job.max_context)
-        proto = onnx.load(str(raw / MODEL), load_external_data=True)
+        proto = onnx.load(str(raw / MODEL), load_external_data=False)
         names = {i.name for i in proto.graph.initializer}
         adapter = adapter_input_names(job.state["slot_modules"]) if job.adapter_slots else []
         missing = [n for n in [*job.swap_names, *adapter] if n not in names]
@@ -238,22 +259,25 @@ class ONNXExporter(Exporter):
                                f"cannot record slots")
         swap_names = set(job.swap_names)
         if job.encoding is not None:
-            proto = _quantize_graph(proto, job.quantized, job.encoding, accuracy_level(job.quantize))
+            job.release_weights(wrapper)
+            load_external_data_for_model(proto, str(raw))
+            proto = _quantize_graph(proto, job.quantized, job.encoding, accuracy_level(job.quantize),
+                                    job.state["tied_tables"])
             swap_names = {k for n in job.swap_names for k in part_keys(n, job.encoding).values()}
         with open(job.out / FOUNDATION, "wb") as fnd, open(job.out / SWAP, "wb") as swp:
             for init in proto.graph.initializer:
-                if not init.HasField("raw_data"):
+                data = _initializer_bytes(init, raw)
+                if data is None:
                     continue
                 is_swap = init.name in swap_names
-                if not is_swap and len(init.raw_data) < INLINE_LIMIT:
+                if not is_swap and len(data) < INLINE_LIMIT:
+                    _place(init, data=data)
                     continue
                 f, loc = (swp, SWAP) if is_swap else (fnd, FOUNDATION)
                 f.write(b"\0" * ((-f.tell()) % ALIGN))
                 off = f.tell()
-                f.write(init.raw_data)
-                set_external_data(init, location=loc, offset=off, length=len(init.raw_data))
-                init.ClearField("raw_data")
-                init.data_location = onnx.TensorProto.EXTERNAL
+                f.write(data)
+                _place(init, location=loc, offset=off, length=len(data))
         if job.encoding is None:  # the slots become optional inputs: a loaded session swaps them per run
             by_name = {i.name: i for i in proto.graph.initializer}
             for n in [*job.swap_names, *adapter]:
@@ -402,48 +426,34 @@ def _quantizer_class():
     return MatMulNBitsQuantizer
 
 
-def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
+def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int, tied: dict[str, str]):
     """``proto`` with the linear weights ``names`` quantized by onnxruntime's MatMulNBitsQuantizer.
 
-    The exported graph computes a linear layer as ``MatMul(x, Transpose(W))``; the quantizer only
-    takes a MatMul whose B input is an initializer, so each ``Transpose(W)`` is first folded into
-    ``W`` itself (stored ``[in, out]``, same name). Only those MatMuls have constant weights, so
-    the quantizer converts exactly ``names``; anything else is an error (code ``model``). A weight
-    that a ``Gather`` also reads (a tied embedding table) is quantized for its MatMul and the
-    Gather becomes a ``GatherBlockQuantized`` of the same quantized table (:func:`_gather_quantized`)."""
+    Each of them is an initializer read by one ``MatMul(x, W)`` (stored ``[in, out]``: the linears
+    were :class:`_InputMajorLinear` when exported), the only MatMuls with a constant input, so the
+    quantizer converts exactly ``names``; anything else is an error (code ``model``). ``tied``: weight
+    -> the embedding table tied to it; that table's lookups become ``GatherBlockQuantized`` of the
+    weight's quantized parts (:func:`_gather_quantized`) and the fp32 table is dropped."""
     import logging
-
-    from onnx import numpy_helper
 
     MatMulNBitsQuantizer = _quantizer_class()
     g = proto.graph
-    inits = {i.name: i for i in g.initializer}
+    inits = {i.name for i in g.initializer}
     users: dict[str, list] = {}
     for node in g.node:
         for i in node.input:
             users.setdefault(i, []).append(node)
-    drop, tables = set(), {}
     for name in names:
-        tr = users.get(name, [])
-        gathers = [n for n in tr if n.op_type == "Gather" and list(n.input)[0] == name
-                   and all(a.i == 0 for a in n.attribute if a.name == "axis")]
-        if gathers:
-            tables[name] = gathers
-            drop.update(id(n) for n in gathers)
-            tr = [n for n in tr if n not in gathers]
-        ok = (name in inits and len(tr) == 1 and tr[0].op_type == "Transpose"
-              and [list(a.ints) for a in tr[0].attribute if a.name == "perm"] in ([[1, 0]], []))
-        mm = users.get(tr[0].output[0], []) if ok else []
-        if not ok or len(mm) != 1 or mm[0].op_type != "MatMul" or list(mm[0].input).index(tr[0].output[0]) != 1:
-            raise LoragenError(f"onnx: linear weight {name} is not MatMul(x, Transpose(W)) in the exported graph; "
+        mm = users.get(name, [])
+        if name not in inits or len(mm) != 1 or mm[0].op_type != "MatMul" or list(mm[0].input).index(name) != 1:
+            raise LoragenError(f"onnx: linear weight {name} is not MatMul(x, W) in the exported graph; "
                                f"cannot quantize it", code="model")
-        w = numpy_helper.to_array(inits[name])
-        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
-        mm[0].input[1] = name
-        drop.add(id(tr[0]))
-    kept = [n for n in g.node if id(n) not in drop]
-    g.ClearField("node")
-    g.node.extend(kept)
+    for name, table in tied.items():
+        readers = users.get(table, [])
+        if not readers or not all(n.op_type == "Gather" and n.input[0] == table
+                                  and all(a.i == 0 for a in n.attribute if a.name == "axis") for n in readers):
+            raise LoragenError(f"onnx: the embedding table {table} is read by more than lookups; cannot share "
+                               f"the quantized {name}", code="model")
 
     logs = [logging.getLogger(n) for n in _QUANT_LOGGERS]
     levels = [log.level for log in logs]
@@ -460,8 +470,8 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
         for log, level in zip(logs, levels):
             log.setLevel(level)
     out = q.model.model
-    for name, gathers in tables.items():
-        _gather_quantized(out.graph, name, gathers, enc)
+    for name, table in tied.items():
+        _gather_quantized(out.graph, name, table, enc)
     have = {i.name for i in out.graph.initializer}
     converted = sum(n.op_type == "MatMulNBits" for n in out.graph.node)
     lost = [n for n in names if not set(part_keys(n, enc).values()) <= have or n in have]
@@ -472,13 +482,16 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int):
     return out
 
 
-def _gather_quantized(graph, name: str, gathers: list, enc: quant.Encoding) -> None:
-    """Prepend to ``graph`` the lookups ``gathers`` (``Gather(W, ids)``, W the table of the weight
-    ``name`` that the quantizer replaced by its parts) as ``GatherBlockQuantized`` of those parts:
-    the q part viewed as ``[rows, in * bits / 8]`` and the scales ``[rows, in / block]``."""
+def _gather_quantized(graph, name: str, table: str, enc: quant.Encoding) -> None:
+    """``graph`` with the lookups ``Gather(table, ids)`` replaced by ``GatherBlockQuantized`` of the
+    quantized parts of the weight ``name`` (the same values as ``table``; the quantizer stores one
+    row of blocks per output feature, a row of the table): the q part viewed as ``[rows, in * bits / 8]`` and the
+    scales ``[rows, in / block]``; the ``table`` initializer is dropped."""
     import onnx
     from onnx import helper
 
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]
+    del graph.initializer[[i.name for i in graph.initializer].index(table)]  # in place: no copy of the rest
     inits = {i.name: i for i in graph.initializer}
     keys = part_keys(name, enc)
     rows, *rest = [int(d) for d in inits[keys["q"]].dims]
@@ -489,9 +502,52 @@ def _gather_quantized(graph, name: str, gathers: list, enc: quant.Encoding) -> N
                                list(g.output), name=f"{g.name}_quantized", domain="com.microsoft",
                                bits=enc.bits, block_size=enc.group, gather_axis=0, quantize_axis=1)
               for g in gathers]
-    kept = list(graph.node)
+    kept = [n for n in graph.node if not (n.op_type == "Gather" and n.input[0] == table)]
     graph.ClearField("node")
     graph.node.extend(nodes + kept)
+
+
+def _initializer_bytes(init, base: Path) -> bytes | None:
+    """An initializer's data: its ``raw_data``, or its range of an external data file in ``base``."""
+    import onnx
+
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return init.raw_data if init.HasField("raw_data") else None
+    where = {e.key: e.value for e in init.external_data}
+    return read_range(base / where["location"], int(where.get("offset", 0)), int(where["length"]))
+
+
+def _place(init, *, data: bytes | None = None, location: str = "", offset: int = 0, length: int = 0) -> None:
+    """Store an initializer's data inside the graph (``data``) or as the range ``offset``,
+    ``length`` of the external file ``location`` (ONNX's external-data fields)."""
+    import onnx
+
+    init.ClearField("raw_data")
+    del init.external_data[:]
+    if data is not None:
+        init.data_location = onnx.TensorProto.DEFAULT
+        init.raw_data = data
+        return
+    init.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
+        entry = init.external_data.add()
+        entry.key, entry.value = k, str(v)
+
+
+class _InputMajorLinear(torch.nn.Module):
+    """``nn.Linear`` with its weight stored ``[in, out]`` (``x @ W + b``), same parameter names, so
+    torch.onnx.export writes ``MatMul(x, W)`` on that initializer (``nn.Linear`` exports as
+    ``MatMul(x, Transpose(W))``, which onnxruntime's quantizer does not take; folding the Transpose
+    in the ONNX graph would hold every weight twice)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight)
+        return y if self.bias is None else y + self.bias
 
 
 def genai_config(cfg, max_context: int, head_dim: int) -> dict:

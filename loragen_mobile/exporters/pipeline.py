@@ -89,7 +89,25 @@ class ExportJob:
     def expected_parts(self, name: str) -> dict[str, torch.Tensor]:
         """The stored parts of the quantized parameter ``name``, by the encoding's rule, from the
         loaded (full-precision) weights: what locate_slots checks the written bytes against."""
+        kept = self.state.get("expected_parts")
+        if kept is not None:
+            return kept[name]
         return self.encoding.quantize(self.params[name].detach().float())
+
+    def release_weights(self, *modules: torch.nn.Module) -> None:
+        """Free the loaded weights (of the model and ``modules``) once the backend holds its own
+        copy, so that a full-size export never holds the model twice. What the later steps read is
+        kept: the swap weights' expected parts (a quantized export) and every parameter's shape and
+        dtype (:attr:`params` become meta tensors)."""
+        if self.encoding is None:
+            raise ValueError("release_weights: an unquantized export's swap slots read the weights")  # pragma: no cover
+        self.state["expected_parts"] = {n: self.expected_parts(n) for n in self.swap_names}
+        self.params = {n: torch.empty_like(p, device="meta") for n, p in self.params.items()}
+        for m in (self.model, *modules):
+            m.to("meta")
+        import gc
+
+        gc.collect()
 
 
 class Exporter:
