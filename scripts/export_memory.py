@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import threading
 import time
 
@@ -24,8 +25,9 @@ def _rss_gib() -> float:
 
 def _sample() -> None:
     while True:
-        key = _stack[-1]
-        _peaks[key] = max(_peaks.get(key, 0.0), _rss_gib())
+        rss = _rss_gib()
+        for key in set(_stack):  # every running call, outer ones included
+            _peaks[key] = max(_peaks.get(key, 0.0), rss)
         time.sleep(0.1)
 
 
@@ -46,7 +48,7 @@ def _traced(fn, label: str):
 
 def _trace(owner, *names: str, prefix: str = "") -> None:
     for n in names:
-        raw = owner.__dict__[n] if isinstance(owner, type) else getattr(owner, n)
+        raw = inspect.getattr_static(owner, n)  # through the MRO, staticmethod/classmethod kept
         kind = type(raw) if isinstance(raw, (staticmethod, classmethod)) else None
         fn = raw.__func__ if kind else raw
         wrapped = _traced(fn, prefix + n)
