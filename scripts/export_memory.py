@@ -1,6 +1,6 @@
 """Where an export's memory goes: the process's RSS around each pipeline step and each large library
-call inside it (sampled every 0.1 s; "peak" is the largest sample while the call ran, innermost call
-first), then the process's peak RSS (VmHWM). The artifact is the one `loragen export` writes.
+call inside it (sampled every 0.1 s; "peak" is the largest sample while the call ran, the calls
+inside it included), then the process's peak RSS (VmHWM). The artifact is the one `loragen export` writes.
 
   python scripts/export_memory.py --backend executorch --model W/model-tinyllama-1.1b --out W/et --max-context 1040
   python scripts/export_memory.py --backend onnx --model W/model-llama-3.2-1b --out W/onnx-q --quantize 8da4w-b32

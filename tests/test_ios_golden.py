@@ -85,7 +85,7 @@ def generated(tmp_path_factory) -> Path:
 
 def test_swift_list_names_existing_golden_files():
     files = swift_golden_files()
-    assert len(files) == 43  # 33 bundle vectors + quant/ (index.json and one file per encoding)
+    assert len(files) == 44  # 34 bundle vectors + quant/ (index.json and one file per encoding)
     assert len(set(files)) == len(files), "duplicate entries in GoldenFiles.swift"
     assert "expected.json" in files and "keys/public_key.pem" in files
     for rel in files:

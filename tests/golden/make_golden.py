@@ -14,6 +14,7 @@ Files:
   base/<backend>.safetensors                 the base values of every swap slot
   bundles/*.bundle                           valid and broken bundles
   expected/merged-<name>.safetensors         expected replacement tensors for each valid bundle
+  expected/slots-onnx-lora.safetensors       the ONNX artifact's adapter slot inputs for its lora bundle
   quant/<encoding>.safetensors, quant/index.json  on-device requantization vectors (make_quant_golden.py)
   expected.json                              per bundle: file sha256, signing digest, verdict and
                                              error code, kind, swap plan (param -> slot + sha256)
@@ -36,11 +37,14 @@ from safetensors.torch import save
 from loragen_mobile import dtypes
 from loragen_mobile.bundle import core
 from loragen_mobile.bundle import format as fmt
+from loragen_mobile.exporters.onnx import adapter_input_names
+from loragen_mobile.exporters.pipeline import adapter_slot_inputs
 from loragen_mobile.lora import LoraAdapter
 
 CREATED = "2026-01-01T00:00:00Z"
 TASK = "Answer with the tool call get_weather(city) for weather questions."
 HIDDEN, FFN, LAYERS, RANK = 8, 16, 2, 4
+SLOT_RANK = 6  # the ONNX artifact's run-time adapter slots
 
 
 def _key(seed: bytes) -> Ed25519PrivateKey:
@@ -70,9 +74,15 @@ def _artifact(backend: str, base: dict[str, torch.Tensor]) -> dict:
         offset += (len(raw) + 63) // 64 * 64 + (64 if backend == "coreml" else 0)
         slots.append(s)
     fp = hashlib.sha256(f"golden-{backend}-base".encode()).hexdigest()
-    return {"schema": "loragen-mobile/artifact/v1", "backend": backend, "model_id": "golden-tiny",
-            "model_type": "llama", "config_hash": hashlib.sha256(b"golden-config").hexdigest(),
-            "precision": "fp16" if backend == "coreml" else "fp32", "fingerprint": fp, "swap_slots": slots}
+    art = {"schema": "loragen-mobile/artifact/v1", "backend": backend, "model_id": "golden-tiny",
+           "model_type": "llama", "config_hash": hashlib.sha256(b"golden-config").hexdigest(),
+           "precision": "fp16" if backend == "coreml" else "fp32", "fingerprint": fp, "swap_slots": slots}
+    if backend == "onnx":  # run-time adapter slots of a higher rank than the adapter's (zero-padded)
+        modules = [n[: -len(".weight")] for n in base]
+        art["adapter_slots"] = {"input_names": adapter_input_names(modules), "rank": SLOT_RANK, "modules": modules,
+                                "shapes": [list(t.shape) for t in base.values()],
+                                "inputs": "A [rank, in], B [out, rank] of each module in this order; B carries the LoRA scale"}
+    return art
 
 
 def _adapter(seed: int) -> LoraAdapter:
@@ -173,6 +183,11 @@ def generate(out: Path) -> None:
                                         "sha256": dtypes.tensor_sha256(t)} for p, t in sorted(new.items())})
             if vb.kind == "lora":
                 entry["lora"] = vb.manifest["lora"]
+            if vb.kind == "lora" and "adapter_slots" in art:  # what a loaded session is fed instead
+                slots = art["adapter_slots"]
+                values = adapter_slot_inputs(slots, core.bundle_adapter(vb))
+                entry["adapter_slot_values"] = f"expected/slots-{name}.safetensors"
+                (out / entry["adapter_slot_values"]).write_bytes(save(dict(zip(slots["input_names"], values))))
             (out / entry["expected"]).write_bytes(save(dict(sorted(new.items()))))
         expected["bundles"][name] = entry
     expected["mutations"] = _mutation_vectors(bundles, key)

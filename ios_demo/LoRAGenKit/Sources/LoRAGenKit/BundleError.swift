@@ -42,6 +42,12 @@ public enum ErrorCode: String, CaseIterable, Sendable {
     /// A quantized weight's encoding is unknown to this reader or its parts do not fit it
     /// (Python: LoragenError code `encoding`, loragen_mobile/quant.py).
     case encoding
+    /// The bundle is valid but of the wrong kind for the request, e.g. a merged bundle for run-time
+    /// adapter slots (Python: BundleError code `usage`).
+    case usage
+    /// A lora bundle that does not fit the artifact's run-time adapter slots: a higher rank, a module
+    /// without a slot, factors of other shapes (Python: LoragenError code `input`).
+    case input
 }
 
 /// A bundle that is malformed, tampered with, or does not fit the artifact: one line, one code.

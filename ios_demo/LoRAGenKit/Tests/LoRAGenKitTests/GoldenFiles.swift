@@ -40,6 +40,7 @@ enum GoldenFiles {
         "expected/merged-executorch-merged.safetensors",
         "expected/merged-onnx-lora.safetensors",
         "expected/merged-onnx-merged.safetensors",
+        "expected/slots-onnx-lora.safetensors",
         "quant/index.json",
         "quant/xnnpack-int4-g32.safetensors",
         "quant/xnnpack-int4-g128.safetensors",

@@ -1,5 +1,6 @@
 package dev.loragen.demo
 
+import dev.loragen.core.AdapterSlots
 import dev.loragen.core.Artifact
 import dev.loragen.core.BaseValues
 import dev.loragen.core.BundleException
@@ -71,7 +72,7 @@ class BundleManager(private val bundlesDir: File, private val keyFile: File) {
      * shared error `code`) on any defect; the caller shows the one-line message and keeps the
      * current weights.
      */
-    fun prepare(id: String, bundle: File, art: LocalArtifact): Weights.Bundle {
+    fun prepare(id: String, bundle: File, art: LocalArtifact): Weights {
         val key = publicKey ?: throw BundleException(dev.loragen.core.ErrorCode.KEY_REQUIRED,
             "no public key at ${keyFile.path}: push the service's server.pub there")
         val src = ByteSource.open(bundle) // kept open: merged tensors are memory maps into it
@@ -87,7 +88,10 @@ class BundleManager(private val bundlesDir: File, private val keyFile: File) {
                 if (!tmp.renameTo(ptd)) error("cannot write ${ptd.path}")
                 Weights.Bundle(id, plan, ptd)
             }
-            "onnx" -> {
+            "onnx" -> if (vb.kind == "lora" && AdapterSlots.present(art.manifest)) {
+                // the artifact's run-time adapter slots: the factors only, fed to the loaded session
+                Weights.Adapter(id, AdapterSlots.values(vb))
+            } else {
                 val base = if (vb.kind == "lora") BaseValues.fromOnnxSwapData(ByteSource.open(File(art.dir, "swap.onnx.data"))) else null
                 Weights.Bundle(id, SwapPlan.build(vb, base), null)
             }

@@ -121,7 +121,12 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
     private suspend fun swapIn(a: LocalArtifact, id: String, file: File, description: String) {
         status.value = "Verifying..."
         val weights = manager.prepare(id, file, a) // throws BundleException on any defect
-        status.value = "Swapping ${weights.plan.size} tensors..."
+        val what = when (weights) {
+            is Weights.Bundle -> "${weights.plan.size} tensors swapped"
+            is Weights.Adapter -> "${weights.values.size / 2} adapter slots filled"
+            is Weights.Base -> "base weights"
+        }
+        status.value = "Swapping in the bundle ($what)..."
         engine!!.load(weights)
         val saved = tokenizer?.let {
             it.encode(prompt(a, "", description), addSpecialTokens = false).size - it.encode(prompt(a, ""), addSpecialTokens = false).size
@@ -129,7 +134,7 @@ class DemoViewModel(app: Application) : AndroidViewModel(app) {
         withContext(Dispatchers.Main) {
             active.value = id
             savedTokens.value = saved
-            status.value = "Using bundle ${id.take(8)} (${weights.plan.size} tensors swapped)"
+            status.value = "Using bundle ${id.take(8)} ($what)"
         }
     }
 

@@ -48,7 +48,15 @@ enum class ErrorCode(val id: String) {
     ENCODING("encoding"),
 
     /** A swap input is missing or inconsistent (Python: `build`), e.g. no base values for a lora merge. */
-    BUILD("build");
+    BUILD("build"),
+
+    /** The bundle is valid but of the wrong kind for the request, e.g. a merged bundle for run-time
+     *  adapter slots (Python: BundleError code `usage`). */
+    USAGE("usage"),
+
+    /** A lora bundle that does not fit the artifact's run-time adapter slots: a higher rank, a module
+     *  without a slot, factors of other shapes (Python: LoragenError code `input`). */
+    INPUT("input");
 
     override fun toString() = id
 }

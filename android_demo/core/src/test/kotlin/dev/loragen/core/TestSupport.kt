@@ -124,7 +124,7 @@ object TestMain {
     val CLASSES = listOf(
         Fp16Test::class.java, FmaTest::class.java, JsonTest::class.java, GoldenTest::class.java, VerifyErrorsTest::class.java,
         CorruptionTest::class.java, MergeTest::class.java, PtdTest::class.java, TokenizerTest::class.java, MutationTest::class.java,
-        QuantTest::class.java,
+        QuantTest::class.java, AdapterSlotsTest::class.java,
     )
 
     @JvmStatic

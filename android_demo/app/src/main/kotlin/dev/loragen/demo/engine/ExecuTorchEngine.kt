@@ -30,6 +30,8 @@ class ExecuTorchEngine(private val dir: File) : ChatEngine {
         val data = when (weights) {
             is Weights.Base -> File(dir, "model.ptd")
             is Weights.Bundle -> weights.ptd ?: error("ExecuTorch swap needs the bundle's .ptd")
+            // LlmModule runs `forward` only; set_adapter needs a Module that shares memory arenas
+            is Weights.Adapter -> error("adapter slots on ExecuTorch need a Module with shared memory arenas, not LlmModule")
         }
         module = LlmModule(
             LlmModule.MODEL_TYPE_TEXT,

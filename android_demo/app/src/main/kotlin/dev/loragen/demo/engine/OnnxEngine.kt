@@ -14,12 +14,16 @@ import dev.loragen.core.Tokenizer
 import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
+import java.nio.FloatBuffer
 import java.nio.LongBuffer
 
 /**
  * ONNX Runtime: `model.onnx` (+ `model.onnx.data`, `swap.onnx.data` external data). A bundle is
  * swapped in by creating a new session whose `SessionOptions.addExternalInitializers` override the
- * swap initializers by name (the slot `key`); the graph and the data files are untouched.
+ * swap initializers by name (the slot `key`); the graph and the data files are untouched. On an
+ * artifact with run-time adapter slots a lora bundle keeps the loaded session: its slot values
+ * ([Weights.Adapter]) are fed as the slot inputs with every run, and the base model is the session
+ * fed none of them.
  * Greedy decoding with the exported past-KV inputs (`input_ids`, `attention_mask`, `position_ids`,
  * `past_key_values.{i}.key/value` -> `logits`, `present.{i}.key/value`).
  */
@@ -28,6 +32,7 @@ class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : Chat
     private val env = OrtEnvironment.getEnvironment()
     private var session: OrtSession? = null
     private var overrides: List<OnnxTensor> = emptyList()
+    private var slotInputs: Map<String, OnnxTensor> = emptyMap()
     @Volatile private var stopRequested = false
 
     private val config = Json.parse(File(dir, "config.json").readText()) as JsonObject
@@ -40,6 +45,13 @@ class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : Chat
     private val kvType = if (artifact.str("precision") == "fp16") OnnxJavaType.FLOAT16 else OnnxJavaType.FLOAT
 
     override fun load(weights: Weights) {
+        slotInputs.values.forEach { it.close() }
+        slotInputs = emptyMap()
+        val plain = session != null && overrides.isEmpty() // the artifact's own weights are loaded
+        if (plain && (weights is Weights.Base || weights is Weights.Adapter)) {
+            if (weights is Weights.Adapter) slotInputs = slotTensors(weights)
+            return
+        }
         session?.close()
         overrides.forEach { it.close() }
         overrides = emptyList()
@@ -60,7 +72,13 @@ class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : Chat
             overrides = made // must outlive the session
         }
         session = env.createSession(File(dir, "model.onnx").absolutePath, opts)
+        if (weights is Weights.Adapter) slotInputs = slotTensors(weights)
     }
+
+    private fun slotTensors(weights: Weights.Adapter): Map<String, OnnxTensor> =
+        weights.values.associate { v ->
+            (v.name ?: error("adapter slot without an input name")) to OnnxTensor.createTensor(env, FloatBuffer.wrap(v.data), v.shape)
+        }
 
     override fun generate(prompt: String, maxNewTokens: Int, onToken: (String) -> Unit): GenerationStats {
         val s = session ?: error("no model loaded")
@@ -80,11 +98,12 @@ class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : Chat
                 if (stopRequested) break
                 val n = ids.size
                 val inputs = HashMap<String, OnnxTensor>(kv)
+                inputs.putAll(slotInputs) // owned by the engine, kept across runs
                 inputs["input_ids"] = longTensor(ids.map { it.toLong() }.toLongArray(), longArrayOf(1, n.toLong()))
                 inputs["attention_mask"] = longTensor(LongArray(past + n) { 1 }, longArrayOf(1, (past + n).toLong()))
                 inputs["position_ids"] = longTensor(LongArray(n) { (past + it).toLong() }, longArrayOf(1, n.toLong()))
                 val out = s.run(inputs)
-                inputs.filterKeys { it !in kv }.values.forEach { it.close() }
+                inputs.filterKeys { it !in kv && it !in slotInputs }.values.forEach { it.close() }
                 val logits = out.get("logits").get() as OnnxTensor
                 val next = argmaxLast(logits, n)
                 val newKv = (0 until layers).flatMap { i ->
@@ -128,5 +147,5 @@ class OnnxEngine(private val dir: File, private val tokenizer: Tokenizer) : Chat
     }
 
     override fun stop() { stopRequested = true }
-    override fun close() { session?.close(); overrides.forEach { it.close() }; session = null }
+    override fun close() { session?.close(); overrides.forEach { it.close() }; slotInputs.values.forEach { it.close() }; session = null }
 }
