@@ -34,11 +34,11 @@ weight (the attention and MLP projections and ``lm_head``) is quantized by onnxr
 ``MatMulNBitsQuantizer`` (symmetric, no zero points) into a ``com.microsoft`` ``MatMulNBits`` node.
 A ``lm_head`` tied to the embedding is stored once: the embedding lookup reads the head's quantized
 table through ``com.microsoft`` ``GatherBlockQuantized`` (the same blocks and scales; without zero
-points it uses MatMulNBits' implicit one), as onnxruntime-genai's model builder stores it. The ``int*`` schemes compute in fp32 (``accuracy_level`` 1);
-``8da4w-b32`` stores the same weights as ``int4-b32`` and quantizes the activations to int8 at run
-time (``accuracy_level`` 4: symmetric, one scale per 32 inputs), onnxruntime-genai's model builder's
-CPU default, several times faster to decode on x86 (docs/results.md, "Peers"). Each initializer
-``W`` becomes ``W_Q4`` / ``W_Q8`` (uint8 ``[out, in/block, block*bits/8]``) and ``W_scales`` (fp32
+points it uses MatMulNBits' implicit one), as onnxruntime-genai's model builder stores it. The
+``int*`` schemes compute in fp32 (``accuracy_level`` 1); ``8da4w-b32`` stores the same weights as
+``int4-b32`` and quantizes the activations to int8 at run time (``accuracy_level`` 4: symmetric,
+one scale per 32 inputs), onnxruntime-genai's model builder's CPU default, several times faster to
+decode on x86 (docs/results.md, "Peers"). Each initializer ``W`` becomes ``W_Q4`` / ``W_Q8`` (uint8 ``[out, in/block, block*bits/8]``) and ``W_scales`` (fp32
 ``[out, in/block]``), exactly :mod:`loragen_mobile.quant`'s ``ort-*`` rule; a swappable weight ``P``
 is the two slots ``P:q`` and ``P:scale`` in ``swap.onnx.data``, the other quantized weights live in
 ``model.onnx.data``. Swapping works as above, with the part tensors.
@@ -221,8 +221,8 @@ class ONNXExporter(Exporter):
             return wrapper
         job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, tied_head=True)
         head = job.model.get_output_embeddings().weight
-        job.state["tied_tables"] = {n: e for n, p in job.params.items() if p is head for e, q in job.params.items()
-                                    if q is head and e != n and n in job.quantized}
+        names = [n for n, p in job.params.items() if p is head]  # lm_head.weight and, if tied, the embedding's
+        job.state["tied_tables"] = {n: e for n in names if n in job.quantized for e in names if e != n}
         for name in job.quantized:
             path = name[: -len(".weight")]
             linear = wrapper.get_submodule(path)
@@ -485,8 +485,9 @@ def _quantize_graph(proto, names: list[str], enc: quant.Encoding, level: int, ti
 def _gather_quantized(graph, name: str, table: str, enc: quant.Encoding) -> None:
     """``graph`` with the lookups ``Gather(table, ids)`` replaced by ``GatherBlockQuantized`` of the
     quantized parts of the weight ``name`` (the same values as ``table``; the quantizer stores one
-    row of blocks per output feature, a row of the table): the q part viewed as ``[rows, in * bits / 8]`` and the
-    scales ``[rows, in / block]``; the ``table`` initializer is dropped."""
+    row of blocks per output feature, a row of the table): the q part viewed as
+    ``[rows, in * bits / 8]`` and the scales ``[rows, in / block]``; the ``table`` initializer is
+    dropped."""
     import onnx
     from onnx import helper
 

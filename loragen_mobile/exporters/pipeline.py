@@ -25,6 +25,7 @@ top of :meth:`read_slot_bytes` / :meth:`write_slot_bytes` (byte ranges at :meth:
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import shutil
@@ -105,8 +106,6 @@ class ExportJob:
         self.params = {n: torch.empty_like(p, device="meta") for n, p in self.params.items()}
         for m in (self.model, *modules):
             m.to("meta")
-        import gc
-
         gc.collect()
 
 
