@@ -51,10 +51,11 @@ class Parts:
         return t
 
 
-def mapped_tensor(path, offset: int, dtype: str, shape) -> torch.Tensor:
+def mapped_tensor(path, offset: int, dtype, shape, copy_on_write: bool = False) -> torch.Tensor:
     """A read-only tensor over bytes [offset, offset + size) of a file, without reading or copying
     them: its pages load when it is first used and are shared with the page cache. For files the
-    caller already trusts (a verified bundle, an artifact's own data)."""
+    caller already trusts (a verified bundle, an artifact's own data). ``copy_on_write``: writable,
+    a written page becomes the process's own copy and the file is never changed."""
     import warnings
 
     import numpy as np
@@ -68,7 +69,7 @@ def mapped_tensor(path, offset: int, dtype: str, shape) -> torch.Tensor:
     if count == 0:
         return torch.empty(list(shape), dtype=d.torch)
     stored = np.dtype(d.numpy) if d.numpy is not None else np.dtype("<u2")  # bfloat16: its bits
-    a = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=tuple(shape))
+    a = np.memmap(path, dtype=stored, mode="c" if copy_on_write else "r", offset=offset, shape=tuple(shape))
     with warnings.catch_warnings():  # torch warns that the view is read-only: it is meant to be
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(a)

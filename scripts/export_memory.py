@@ -1,6 +1,8 @@
 """Where an export's memory goes: the process's RSS around each pipeline step and each large library
 call inside it (sampled every 0.1 s; "peak" is the largest sample while the call ran, the calls
-inside it included), then the process's peak RSS (VmHWM). The artifact is the one `loragen export` writes.
+inside it included), with the anonymous part of the RSS (RssAnon: what the kernel cannot reclaim
+without killing; the rest is mapped file pages, reclaimable page cache), then the process's peak
+RSS (VmHWM). The artifact is the one `loragen export` writes.
 
   python scripts/export_memory.py --backend executorch --model W/model-tinyllama-1.1b --out W/et --max-context 1040
   python scripts/export_memory.py --backend onnx --model W/model-llama-3.2-1b --out W/onnx-q --quantize 8da4w-b32
@@ -14,20 +16,25 @@ import inspect
 import threading
 import time
 
-_stack, _peaks = ["start"], {}
+_stack, _peaks, _anon_peaks = ["start"], {}, {}
+
+
+def _status_gib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith(field + ":"))
+    return int(kb) / 2**20
 
 
 def _rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith("VmRSS:"))
-    return int(kb) / 2**20
+    return _status_gib("VmRSS")
 
 
 def _sample() -> None:
     while True:
-        rss = _rss_gib()
+        rss, anon = _rss_gib(), _status_gib("RssAnon")
         for key in set(_stack):  # every running call, outer ones included
             _peaks[key] = max(_peaks.get(key, 0.0), rss)
+            _anon_peaks[key] = max(_anon_peaks.get(key, 0.0), anon)
         time.sleep(0.1)
 
 
@@ -37,12 +44,15 @@ def _traced(fn, label: str):
         before, t0 = _rss_gib(), time.time()
         _stack.append(label)
         _peaks.pop(label, None)
+        _anon_peaks.pop(label, None)
         try:
             return fn(*args, **kwargs)
         finally:
             _stack.pop()
             print(f"{label:<42} {time.time() - t0:7.1f} s   RSS before {before:6.2f}   peak "
-                  f"{max(_peaks.get(label, 0.0), before):6.2f}   after {_rss_gib():6.2f} GiB", flush=True)
+                  f"{max(_peaks.get(label, 0.0), before):6.2f}   after {_rss_gib():6.2f} GiB   "
+                  f"(anonymous: peak {_anon_peaks.get(label, 0.0):6.2f}, after {_status_gib('RssAnon'):6.2f})",
+                  flush=True)
     return run
 
 
@@ -70,6 +80,9 @@ def main() -> None:
 
     exporter = get_exporter(args.backend)
     _trace(type(exporter), "load", "wrap", "quantize", "lower", "locate_slots", "finish", prefix="step ")
+    from loragen_mobile.exporters.pipeline import ExportJob
+
+    _trace(ExportJob, "map_weights", "release_weights")
     if args.backend == "executorch":
         import executorch.exir as exir
         import executorch.exir.program._program as program
@@ -96,7 +109,8 @@ def main() -> None:
                     adapter_slots=args.adapter_slots, progress=False)
     with open("/proc/self/status") as f:
         kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
-    print(f"process peak RSS (VmHWM): {int(kb) / 2**20:.2f} GiB ({kb} kB)")
+    print(f"process peak RSS (VmHWM): {int(kb) / 2**20:.2f} GiB ({kb} kB); peak anonymous (sampled): "
+          f"{max(_anon_peaks.values()):.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 # accuracy tests and docs/results.md): for each preset, the edge model trained on the seen tasks
 # with their prompts and the generator trained for it, with configs/tiny.yaml (the full
 # quickstart's recipe). Both presets' are shipped; without PRESET arguments, tiny-llama's are rebuilt.
+# A rerun with the same WORKDIR keeps the models already trained there (an interrupted rebuild resumes).
 # Usage: bash scripts/make-assets.sh [WORKDIR] [PRESET...]   (presets: tiny-llama tiny-gemma)
 DEFAULT_PRESETS=(tiny-llama)
 source "$(dirname "$0")/preset-args.sh"
@@ -12,11 +13,13 @@ A=loragen_mobile/assets
 # reaches 0.02; tiny-llama seed 0 trains, its seed 1 is behind after 600 steps. docs/results.md
 # ("The edge recipe and the initial weights") has the measurements.
 declare -A INIT_SEED=([tiny-llama]=0 [tiny-gemma]=1)
-$LORAGEN data make --suite all --split train --out "$W/train.jsonl" --seed 0
+[ -f "$W/train.jsonl" ] || $LORAGEN data make --suite all --split train --out "$W/train.jsonl" --seed 0
 for P in "${PRESETS[@]}"; do
-  $LORAGEN init-model --preset "$P" --out "$W/$P-init" --seed "${INIT_SEED[$P]:-0}"
-  $LORAGEN train-edge --model "$W/$P-init" --data "$W/train.jsonl" --config configs/tiny.yaml --out "$W/$P-edge"
-  $LORAGEN train --config configs/tiny.yaml --edge "$W/$P-edge" --data "$W/train.jsonl" --out "$W/$P-generator"
+  [ -d "$W/$P-init" ] || $LORAGEN init-model --preset "$P" --out "$W/$P-init" --seed "${INIT_SEED[$P]:-0}"
+  [ -d "$W/$P-edge" ] ||
+    $LORAGEN train-edge --model "$W/$P-init" --data "$W/train.jsonl" --config configs/tiny.yaml --out "$W/$P-edge"
+  [ -f "$W/$P-generator/generator.json" ] ||
+    $LORAGEN train --config configs/tiny.yaml --edge "$W/$P-edge" --data "$W/train.jsonl" --out "$W/$P-generator"
   rm -rf "$A/$P-edge" "$A/$P-generator"
   mkdir -p "$A/$P-generator"
   cp -r "$W/$P-edge" "$A/$P-edge"

@@ -124,7 +124,12 @@ def test_bench_all_preset_exports_each_artifact_once_and_the_peers_match_transfo
     summary = json.loads((out / "all.json").read_text())
     assert list(summary["commands"]) == ["peers", "speedup", "bundle", "quant", "runtime"]
     assert summary["total_wall_s"] >= sum(summary["wall_s"].values())
+    # the benchmark process's own peak RSS, started afresh for each benchmark
+    assert list(summary["peak_rss_bytes"]) == list(summary["commands"])
+    assert all(2**27 < v < 2**33 for v in summary["peak_rss_bytes"].values()), summary["peak_rss_bytes"]
     report = (out / "results.md").read_text()
+    gib = summary["peak_rss_bytes"]["peers"] / 2**30
+    assert f"min; peak RSS of the benchmark process {gib:.1f} GiB; plot: `{out / 'peers.png'}`)" in report
     assert f"`loragen bench peers --preset tiny-llama --work-dir {work} --backends onnx" in report
     rendered = "\n".join(_render_peers(res["peers"]))
     assert "| onnx/fp32 | og-builder |" in rendered and "| onnx/fp16 | og-builder (failed: og run of" in rendered

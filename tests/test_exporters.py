@@ -612,3 +612,25 @@ def test_recipes_are_valid():
         rec = load_recipe(r)
         assert rec.backend in ("executorch", "onnx", "coreml") and rec.backend in r.stem
         assert rec.preset == r.parent.name and rec.name == f"{r.parent.name}-{r.stem}"
+
+
+def test_map_weights_moves_the_values_to_a_file_map(model_dirs, tmp_path):
+    """An unquantized ExecuTorch export moves the eager weights to a copy-on-write map of a file
+    before lowering (XNNPACK copies them; the map's pages are reclaimable page cache): the values
+    are unchanged, a tied table stays one parameter, the file is gone from the directory, and a
+    parameter can still be written (the page becomes the process's own)."""
+    from loragen_mobile.exporters.pipeline import ExportJob
+
+    model = load_model(model_dirs["tiny-gemma"], dtype=torch.float32)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    before = {n: p.detach().clone() for n, p in params.items()}
+    job = ExportJob(model_dirs["tiny-gemma"], tmp_path, model, "fp32", MAX_CTX, ("gate_proj",), [], params)
+    job.map_weights(tmp_path / ".weights")
+    assert list(tmp_path.iterdir()) == []
+    assert all(torch.equal(p, before[n]) for n, p in params.items())
+    assert params["lm_head.weight"] is params["model.embed_tokens.weight"]
+    mapped = params["model.layers.0.mlp.up_proj.weight"]
+    assert not mapped.untyped_storage().resizable()  # a file map, not an allocation of its own
+    with torch.no_grad():
+        mapped.add_(1.0)
+    assert torch.equal(mapped, before["model.layers.0.mlp.up_proj.weight"] + 1.0)

@@ -115,6 +115,29 @@ def test_eval_edge_model_holds_the_stored_weights(preset_dirs):
     assert torch.equal(params[down], enc.dequantize(enc.quantize(full[down])))
 
 
+@pytest.mark.parametrize("enc_id", ["ort-int4-b32", "xnnpack-int8-pc"])
+def test_fake_quantize_in_row_blocks_equals_whole_weights(preset_dirs, monkeypatch, enc_id):
+    """The validation's same-scheme model quantizes a few rows at a time (a full-size embedding
+    table at once needs several times its size): the values are exactly those of whole weights,
+    and a tied table is quantized once, in both its uses."""
+    from loragen_mobile.exporters import pipeline
+    from loragen_mobile.exporters.artifact import Artifact
+    from loragen_mobile.models import load_model
+
+    model = load_model(preset_dirs["tiny-gemma"], dtype=torch.float32)  # tied embedding / lm_head
+    names = ["lm_head.weight", "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"]
+    full = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    enc = quant.get(enc_id)
+    art = Artifact(preset_dirs["tiny-gemma"], {"weight_encoding": {"id": enc_id, "params": names}})
+    monkeypatch.setattr(pipeline, "FAKE_QUANT_CHUNK", 7 * 128)  # 7 rows of 128 features: a ragged last block
+    pipeline.fake_quantize(model, art)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    assert params["lm_head.weight"] is params["model.embed_tokens.weight"]
+    for n in names:
+        assert torch.equal(params[n], enc.stored(full[n])), n
+    assert torch.equal(params["model.layers.0.mlp.up_proj.weight"], full["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_cli_help_names_every_backends_schemes():
     from loragen_mobile.cli.export import QUANTIZE_SCHEMES
     from loragen_mobile.exporters import available_backends, get_exporter

@@ -209,6 +209,8 @@ class ExecuTorchExporter(Exporter):
         from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
         from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+        if job.encoding is None:  # XNNPACK copies every weight: keep ours out of the process's memory
+            job.map_weights(job.out / ".weights")
         ep = _export(wrapper, job.max_context)
         # every parameter: the HF ones, and after quantization the unwrapped codes/scales/zero points
         param_norm = {graph_name(n) for n in job.params}

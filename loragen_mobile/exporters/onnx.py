@@ -252,7 +252,8 @@ class ONNXExporter(Exporter):
         _onnx_export(wrapper, raw / MODEL, job.max_context)
         proto = onnx.load(str(raw / MODEL), load_external_data=False)
         names = {i.name for i in proto.graph.initializer}
-        adapter = adapter_input_names(job.state["slot_modules"]) if job.adapter_slots else []
+        adapter = job.state["adapter_inputs"] = (adapter_input_names(job.state["slot_modules"])
+                                                 if job.adapter_slots else [])
         missing = [n for n in [*job.swap_names, *adapter] if n not in names]
         if missing:
             raise LoragenError(f"onnx export renamed swappable weights or adapter slot buffers (e.g. {missing[0]}); "
@@ -343,7 +344,7 @@ class ONNXExporter(Exporter):
                                  "zero_points": None, "tool": "onnxruntime MatMulNBitsQuantizer"}}
                if job.encoding is not None else {}),
             **({"adapter_slots": adapter_slots_meta(
-                job, {"input_names": adapter_input_names(job.state["slot_modules"])},
+                job, {"input_names": job.state["adapter_inputs"]},
                 "A [rank, in], B [out, rank] of each module in this order, optional graph inputs whose defaults "
                 "are zero initializers (the base model); B carries the LoRA scale")}
                if job.adapter_slots else {}),
@@ -491,7 +492,10 @@ def _gather_quantized(graph, name: str, table: str, enc: quant.Encoding) -> None
     import onnx
     from onnx import helper
 
-    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == table]
+    def lookup(n) -> bool:
+        return n.op_type == "Gather" and n.input[0] == table
+
+    gathers = [n for n in graph.node if lookup(n)]
     del graph.initializer[[i.name for i in graph.initializer].index(table)]  # in place: no copy of the rest
     inits = {i.name: i for i in graph.initializer}
     keys = part_keys(name, enc)
@@ -503,7 +507,7 @@ def _gather_quantized(graph, name: str, table: str, enc: quant.Encoding) -> None
                                list(g.output), name=f"{g.name}_quantized", domain="com.microsoft",
                                bits=enc.bits, block_size=enc.group, gather_axis=0, quantize_axis=1)
               for g in gathers]
-    kept = [n for n in graph.node if not (n.op_type == "Gather" and n.input[0] == table)]
+    kept = [n for n in graph.node if not lookup(n)]
     graph.ClearField("node")
     graph.node.extend(nodes + kept)
 

@@ -108,6 +108,23 @@ class ExportJob:
             m.to("meta")
         gc.collect()
 
+    def map_weights(self, path: Path) -> None:
+        """Move the values of every parameter to a copy-on-write map of the file ``path`` (written
+        here tensor by tensor, then unlinked; the map keeps it until the export ends). The values
+        then live in the page cache, which the kernel reclaims under memory pressure, instead of
+        the process's own memory: a backend that copies the weights while lowering (XNNPACK's
+        preprocess) no longer needs room for the loaded model and that copy side by side."""
+        placed: dict[int, tuple[int, torch.nn.Parameter]] = {}
+        with open(path, "wb") as f:
+            for p in self.params.values():
+                if id(p) not in placed:  # a tied parameter once
+                    placed[id(p)] = (f.tell(), p)
+                    f.write(memoryview(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        for offset, p in placed.values():
+            p.data = mapped_tensor(path, offset, p.dtype, p.shape, copy_on_write=True)
+        path.unlink()
+        gc.collect()
+
 
 class Exporter:
     """Base of every backend: the fixed export pipeline and the swap, over the backend's hooks."""
@@ -469,16 +486,28 @@ def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names,
     return out
 
 
+#: elements of a weight that :func:`fake_quantize` quantizes at a time
+FAKE_QUANT_CHUNK = 1 << 24
+
+
 def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
     """``model`` (in place) with each weight the artifact quantized replaced by its dequantized
     stored value, ``encoding.dequantize(encoding.quantize(W))`` (a tied table in both its uses)."""
     info = art.meta.get("weight_encoding") or {}
     enc = quant.get(info.get("id"))
     params = dict(model.named_parameters(remove_duplicate=False))
+    done: set[int] = set()
     with torch.no_grad():
         for name in info.get("params", []):
             w = params[name]
-            w.copy_(enc.stored(w.detach()))
+            if id(w) in done:
+                continue
+            done.add(id(w))
+            # rows are quantized independently: a block of rows at a time bounds the temporaries
+            # (a 256,000-row embedding table at once would need several times its size)
+            rows = max(1, FAKE_QUANT_CHUNK // max(1, w.shape[1]))
+            for i in range(0, w.shape[0], rows):
+                w[i:i + rows].copy_(enc.stored(w[i:i + rows].detach()))
     return model
 
 
