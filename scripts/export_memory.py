@@ -19,10 +19,13 @@ import time
 _stack, _peaks, _anon_peaks = ["start"], {}, {}
 
 
-def _status_gib(field: str) -> float:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith(field + ":"))
-    return int(kb) / 2**20
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+
+def _status_gib(field: str) -> float:
+    return _status_kb(field) / 2**20
 
 
 def _rss_gib() -> float:
@@ -107,9 +110,8 @@ def main() -> None:
         _trace(MatMulNBitsQuantizer, "process")
     exporter.export(args.model, args.out, max_context=args.max_context, quantize=args.quantize,
                     adapter_slots=args.adapter_slots, progress=False)
-    with open("/proc/self/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
-    print(f"process peak RSS (VmHWM): {int(kb) / 2**20:.2f} GiB ({kb} kB); peak anonymous (sampled): "
+    kb = _status_kb("VmHWM")
+    print(f"process peak RSS (VmHWM): {kb / 2**20:.2f} GiB ({kb} kB); peak anonymous (sampled): "
           f"{max(_anon_peaks.values()):.2f} GiB")
 
 
