@@ -70,6 +70,33 @@ def pad_lm_batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[to
     return input_ids, labels
 
 
+def length_groups(lengths: list[int], max_groups: int = 3, group_tokens: int = 256) -> list[list[int]]:
+    """Split the indices of ``lengths`` into at most ``max_groups`` groups of similar length, each
+    to be padded to its own longest: the split (contiguous in length order) with the fewest padded
+    tokens, counting ``group_tokens`` for each group's extra forward pass. A batch that mixes short
+    reasoning descriptions with long tool definitions then stops paying for padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    # cost[g][j]: the cheapest split of the j shortest into g groups; cut[g][j] where its last group starts
+    cost = [[math.inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    cost[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                c = cost[g - 1][i] + (j - i) * ls[j - 1] + group_tokens
+                if c < cost[g][j]:
+                    cost[g][j], cut[g][j] = c, i
+    g = min(range(1, max_groups + 1), key=lambda k: cost[k][n]) if n else 0
+    groups, j = [], n
+    while g:
+        i = cut[g][j]
+        groups.append(order[i:j])
+        j, g = i, g - 1
+    return groups[::-1]
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)

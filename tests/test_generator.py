@@ -17,6 +17,7 @@ from loragen_mobile.generator import (batched_lora, build_generator, generate_ad
                                       generate_factors, keep_top_k, load_config, load_generator)
 from loragen_mobile.generator.model import cv_squared, dense_mixture
 from loragen_mobile.generator.store import task_sha256
+from loragen_mobile.generator.train import LENGTH_GROUPS, edge_ce_sum
 
 from conftest import GEN_OVERRIDES
 
@@ -104,6 +105,55 @@ def test_batchnorm_at_inference_uses_running_statistics(fresh):
         assert (pair[0] - batch_gates[0]).abs().max().item() > 1e-4
 
 
+def test_length_groups_cover_every_index_once_and_split_only_where_padding_costs():
+    from loragen_mobile.training import length_groups
+
+    mixed = [40, 300, 35, 310, 50, 290, 45, 305]  # reasoning rules and tool definitions
+    groups = length_groups(mixed, 3)
+    assert sorted(i for g in groups for i in g) == list(range(len(mixed)))
+    assert [sorted(mixed[i] for i in g) for g in groups] == [[35, 40, 45, 50], [290, 300, 305, 310]]
+    # similar lengths: one group (a second pass would cost more than the padding it saves)
+    assert length_groups([100, 101, 103, 99], 3) == [[3, 0, 1, 2]]
+    assert length_groups([7], 3) == [[0]] and length_groups([], 3) == []
+
+
+def test_length_groups_give_the_padded_batchs_loss_and_gradients(preset_dirs):
+    """A training step in length groups (descriptions and examples) has the loss and the gradients
+    of the same step as one padded batch, up to float rounding."""
+    from loragen_mobile.data import make_suite
+    from loragen_mobile.generator.train import TaskData
+
+    torch.manual_seed(2)
+    cfg = _cfg()
+    g = build_generator(cfg, preset_dirs["tiny-llama"])
+    with torch.no_grad():
+        for n, p in g.generator.named_parameters():
+            if "experts_b" in n or "lora_B" in n:
+                p.normal_(0, 0.05)
+    g.generator.train()
+    for m in g.generator.modules():  # the cloud LoRA's dropout off: both runs see the same network
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    recs = make_suite("tools", "train", per_task=3)[:12] + make_suite("reasoning", "train", per_task=3)[:12]
+    td = TaskData(recs, g.cloud_tokenizer, g.edge_tokenizer, 300)
+    batch = [(t, [0, 1, 2]) for t in range(len(td.tasks))]  # 4 tool sets and 4 rules
+    results = []
+    for k in (1, LENGTH_GROUPS):
+        desc, mask, groups = td.tensors(batch, k)
+        assert len(groups) == 1 if k == 1 else len(groups) > 1
+        gates, _, factors = g.generator(desc, mask, groups=k)
+        loss = edge_ce_sum(g.edge, g.layout, factors, groups) + cv_squared(gates)
+        g.generator.zero_grad()
+        loss.backward()
+        results.append((float(loss.detach()), {n: p.grad.clone() for n, p in g.generator.named_parameters()
+                                      if p.grad is not None}))
+    (one, grads_one), (grouped, grads_grouped) = results
+    assert grouped == pytest.approx(one, rel=1e-5)
+    assert grads_one.keys() == grads_grouped.keys() and len(grads_one) > 20
+    for n, gr in grads_one.items():
+        assert (grads_grouped[n] - gr).abs().max() <= 1e-4 * gr.abs().max() + 1e-7, n
+
+
 def test_gradients_reach_generator_parts_but_never_the_edge(preset_dirs):
     from loragen_mobile.generator.train import TaskData
     from loragen_mobile.data import make_suite
@@ -119,15 +169,11 @@ def test_gradients_reach_generator_parts_but_never_the_edge(preset_dirs):
                 p.normal_(0, 0.05)
     edge_before = {k: v.clone() for k, v in g.edge.state_dict().items()}
     td = TaskData(make_suite("tools", "train", per_task=2)[:8], g.cloud_tokenizer, g.edge_tokenizer, 300)
-    desc, mask, rows, ids, labels = td.tensors(td.global_batch(0, cfg))
+    desc, mask, groups = td.tensors(td.global_batch(0, cfg), LENGTH_GROUPS)
     g.generator.train()
-    gates, _, factors = g.generator(desc, mask)
-    with batched_lora(g.edge, g.layout, factors, rows):
-        logits = g.edge(input_ids=ids).logits
-    from loragen_mobile.training import token_ce_sum
-
-    ce, n = token_ce_sum(logits, labels)
-    (ce / n + cfg.alpha_cv * cv_squared(gates)).backward()
+    gates, _, factors = g.generator(desc, mask, groups=LENGTH_GROUPS)
+    n = sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in groups)
+    (edge_ce_sum(g.edge, g.layout, factors, groups) / n + cfg.alpha_cv * cv_squared(gates)).backward()
     named = dict(g.generator.named_parameters())
     lora_cloud = [k for k in named if "lora_" in k]
     assert len(lora_cloud) == 16  # q_proj and v_proj, A and B, 4 cloud layers
