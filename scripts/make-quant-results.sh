@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LoRA-Gen with quantized edge weights: score LoRA-Gen and the other-task control on the unseen tasks
-# with each shipped edge model's decoder weights as a quantized artifact stores them (`loragen eval
+# with each shipped edge model's weights as a quantized artifact of the backend stores them (`loragen eval
 # --weight-encoding E`, generated LoRAs merged in full precision and then quantized, as a merged
 # bundle is): docs/eval/<preset>-unseen-<E>.json, rendered into docs/results.md's quantized-accuracy
 # table beside the fp32 report of scripts/make-results.sh. Two evaluations run side by side, one

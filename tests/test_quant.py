@@ -118,24 +118,77 @@ def test_eval_edge_model_holds_the_stored_weights(preset_dirs):
 @pytest.mark.parametrize("enc_id", ["ort-int4-b32", "xnnpack-int8-pc"])
 def test_fake_quantize_in_row_blocks_equals_whole_weights(preset_dirs, monkeypatch, enc_id):
     """The validation's same-scheme model quantizes a few rows at a time (a full-size embedding
-    table at once needs several times its size): the values are exactly those of whole weights,
-    and a tied table is quantized once, in both its uses."""
+    table at once needs several times its size): the values are exactly those of whole weights. A
+    head tied to the embedding: ONNX Runtime reads both uses from the quantized table (quantized
+    once); ExecuTorch quantizes a copy for the head and keeps the table in full precision."""
     from loragen_mobile.exporters import pipeline
     from loragen_mobile.exporters.artifact import Artifact
     from loragen_mobile.models import load_model
 
     model = load_model(preset_dirs["tiny-gemma"], dtype=torch.float32)  # tied embedding / lm_head
-    names = ["lm_head.weight", "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"]
+    names = ["lm_head.weight", "model.layers.0.mlp.down_proj.weight"]
     full = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
     enc = quant.get(enc_id)
     art = Artifact(preset_dirs["tiny-gemma"], {"weight_encoding": {"id": enc_id, "params": names}})
     monkeypatch.setattr(pipeline, "FAKE_QUANT_CHUNK", 7 * 128)  # 7 rows of 128 features: a ragged last block
     pipeline.fake_quantize(model, art)
     params = dict(model.named_parameters(remove_duplicate=False))
-    assert params["lm_head.weight"] is params["model.embed_tokens.weight"]
     for n in names:
         assert torch.equal(params[n], enc.stored(full[n])), n
+    table = params["model.embed_tokens.weight"]
+    if enc.family == "ort":
+        assert params["lm_head.weight"] is table
+    else:
+        assert params["lm_head.weight"] is not table and torch.equal(table, full["model.embed_tokens.weight"])
     assert torch.equal(params["model.layers.0.mlp.up_proj.weight"], full["model.layers.0.mlp.up_proj.weight"])
+
+
+# ONNX and Core ML on both presets; ExecuTorch on tiny-llama (the session's one quantized ExecuTorch
+# export; its tied-head rule is checked on tiny-gemma against torchao's choice below)
+@pytest.mark.parametrize("backend,preset", [("onnx", "tiny-llama"), ("onnx", "tiny-gemma"), ("coreml", "tiny-llama"),
+                                            ("coreml", "tiny-gemma"), ("executorch", "tiny-llama")])
+def test_eval_quantized_edge_model_is_the_artifacts_same_scheme_model(backend, preset, quant_artifacts, model_dirs):
+    """`loragen eval --weight-encoding E` scores the model a quantized export of E's backend
+    stores: the same weights as the artifact records (the output head included on ExecuTorch and
+    ONNX), and every parameter equal to the validation's same-scheme model of that artifact."""
+    from loragen_mobile.exporters import read_artifact
+    from loragen_mobile.exporters.pipeline import fake_quantize, stored_weights
+    from loragen_mobile.generator.evaluate import _Swapper
+    from loragen_mobile.models import load_model
+
+    art = read_artifact(quant_artifacts(backend, preset), backend)
+    info = art.meta["weight_encoding"]
+    enc = quant.get(info["id"])
+    model = load_model(model_dirs[preset], dtype=torch.float32)
+    assert stored_weights(model, enc) == info["params"]
+    assert ("lm_head.weight" in info["params"]) == (backend != "coreml")
+    _Swapper(model, enc)
+    ref = fake_quantize(load_model(model_dirs[preset], dtype=torch.float32), art)
+    got = dict(model.named_parameters(remove_duplicate=False))
+    for n, p in ref.named_parameters(remove_duplicate=False):
+        assert torch.equal(got[n], p), n
+
+
+def test_eval_executorch_encoding_quantizes_a_copy_of_a_tied_head(model_dirs):
+    """tiny-gemma ties its head to the embedding: the weights torchao quantizes for ExecuTorch are
+    the ones the eval model stores (the head included), and the eval model's head is the quantized
+    table while its embedding lookup stays full precision, as in the export."""
+    import copy
+
+    from loragen_mobile.exporters.executorch import quantize_linears
+    from loragen_mobile.exporters.pipeline import stored_weights
+    from loragen_mobile.generator.evaluate import _Swapper
+    from loragen_mobile.models import load_model
+
+    enc = quant.get("xnnpack-int4-g32")
+    model = load_model(model_dirs["tiny-gemma"], dtype=torch.float32)
+    full = model.get_input_embeddings().weight.detach().clone()
+    names = stored_weights(model, enc)
+    twin = copy.deepcopy(model)
+    assert names == quantize_linears(twin, enc, twin) and "lm_head.weight" in names
+    _Swapper(model, enc)
+    assert torch.equal(model.get_output_embeddings().weight, enc.stored(full))
+    assert torch.equal(model.get_input_embeddings().weight, full)
 
 
 def test_cli_help_names_every_backends_schemes():

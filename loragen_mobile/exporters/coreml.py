@@ -49,7 +49,7 @@ from .. import quant
 from ..errors import LoragenError
 from .artifact import Artifact, SwapSlot, slot_corrupt, tensor_bytes
 from .common import StatefulCoreMLLM, _dims
-from .pipeline import ExportJob, Exporter, graph_name, quantizable_linears
+from .pipeline import ExportJob, Exporter, graph_name, stored_weights
 from .runner import Runner
 from .validation import ValidationReport
 
@@ -260,11 +260,11 @@ class CoreMLExporter(Exporter):
         return StatefulCoreMLLM(job.model.float(), job.max_context, all_logits=job.all_logits).eval()
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
-        """Chooses the weights to quantize (:func:`quantizable_linears`); coremltools quantizes the
+        """Chooses the weights to quantize (:func:`stored_weights`); coremltools quantizes the
         converted program in :meth:`lower` (its optimizer works on ML programs, not on torch)."""
         if job.encoding is None:
             return wrapper
-        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, head=False)
+        job.quantized = stored_weights(job.model, job.encoding, job.swap_names, self.name)
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:

@@ -58,7 +58,7 @@ from ..families import family_of
 from .artifact import Artifact, SwapSlot, check_swap, dtype_name, read_range, slot_corrupt, tensor_bytes
 from .common import PastKVLM, _dims as d
 from .pipeline import (SLOT_BUFFER, ExportJob, Exporter, adapter_slot_inputs, adapter_slots_meta, fake_quantize,
-                       quantizable_linears)
+                       stored_weights)
 from .runner import Runner
 from .validation import THRESHOLDS
 
@@ -212,14 +212,14 @@ class ONNXExporter(Exporter):
 
     def quantize(self, job: ExportJob, wrapper: torch.nn.Module) -> torch.nn.Module:
         """The graph is quantized in :meth:`lower` (onnxruntime's quantizer works on the ONNX
-        graph); here the weights it must quantize are chosen (:func:`quantizable_linears`) and each
+        graph); here the weights it must quantize are chosen (:func:`stored_weights`) and each
         of their linears becomes :class:`_InputMajorLinear`, so that the graph holds them as
         ``MatMul(x, W)`` with ``W`` stored ``[in, out]``, the form the quantizer takes. A head
         tied to the embedding gets its own ``[in, out]`` copy; :func:`_quantize_graph` then points
         the embedding lookup at its quantized parts (``job.state["tied_tables"]``)."""
         if job.encoding is None:
             return wrapper
-        job.quantized = quantizable_linears(job.model, job.encoding, job.swap_names, self.name, tied_head=True)
+        job.quantized = stored_weights(job.model, job.encoding, job.swap_names, self.name)
         head = job.model.get_output_embeddings().weight
         names = [n for n, p in job.params.items() if p is head]  # lm_head.weight and, if tied, the embedding's
         job.state["tied_tables"] = {n: e for n in names if n in job.quantized for e in names if e != n}

@@ -486,19 +486,35 @@ def quantizable_linears(model: torch.nn.Module, enc: quant.Encoding, swap_names,
     return out
 
 
-#: elements of a weight that :func:`fake_quantize` quantizes at a time
+#: whether a quantized export of each encoding family stores the output head with the encoding
+#: (Core ML keeps it in full precision)
+HEAD_QUANTIZED = {"xnnpack": True, "ort": True, "coreml": False}
+
+
+def stored_weights(model: torch.nn.Module, enc: quant.Encoding, swap_names=(), backend: str = "eval") -> list[str]:
+    """The weights a quantized export of ``enc``'s backend stores with ``enc``: :func:`quantizable_linears`
+    with that backend's rule for the output head (a tied head included where the head is)."""
+    return quantizable_linears(model, enc, swap_names, backend, head=HEAD_QUANTIZED[enc.family], tied_head=True)
+
+
+#: elements of a weight that :func:`quantize_in_place` quantizes at a time
 FAKE_QUANT_CHUNK = 1 << 24
 
 
-def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
-    """``model`` (in place) with each weight the artifact quantized replaced by its dequantized
-    stored value, ``encoding.dequantize(encoding.quantize(W))`` (a tied table in both its uses)."""
-    info = art.meta.get("weight_encoding") or {}
-    enc = quant.get(info.get("id"))
+def quantize_in_place(model: torch.nn.Module, enc: quant.Encoding, names) -> torch.nn.Module:
+    """``model`` with each weight of ``names`` replaced by the value the backend computes from its
+    stored parts, ``enc.stored(W)``. An output head tied to the embedding table: ONNX Runtime looks
+    the embedding up in the quantized head, so the shared table is quantized in both its uses;
+    ExecuTorch quantizes a copy for the head and keeps the table, so the head is untied first."""
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    head_name = next((f"{n}.weight" for n, m in model.named_modules() if m is head), None) if head is not None else None
+    if enc.family != "ort" and head_name in names and emb is not None and head.weight is emb.weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
     params = dict(model.named_parameters(remove_duplicate=False))
     done: set[int] = set()
     with torch.no_grad():
-        for name in info.get("params", []):
+        for name in names:
             w = params[name]
             if id(w) in done:
                 continue
@@ -509,6 +525,13 @@ def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
             for i in range(0, w.shape[0], rows):
                 w[i:i + rows].copy_(enc.stored(w[i:i + rows].detach()))
     return model
+
+
+def fake_quantize(model: torch.nn.Module, art: Artifact) -> torch.nn.Module:
+    """``model`` (in place) with each weight the artifact quantized replaced by its dequantized
+    stored value, ``encoding.dequantize(encoding.quantize(W))`` (:func:`quantize_in_place`)."""
+    info = art.meta.get("weight_encoding") or {}
+    return quantize_in_place(model, quant.get(info.get("id")), info.get("params", []))
 
 
 def graph_name(param: str) -> str:

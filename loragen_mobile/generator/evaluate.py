@@ -48,27 +48,27 @@ LORA_STEPS, LORA_LR = 150, 1e-2
 class _Swapper:
     """Load per-task weights into one edge model instance and restore the base afterwards.
 
-    With ``encoding`` (a :mod:`loragen_mobile.quant` encoding), every decoder linear weight a
-    quantized export stores with it holds what the artifact stores (``dequantize(quantize(W))``;
-    :func:`~loragen_mobile.exporters.pipeline.quantizable_linears`), and a merged LoRA gives
+    With ``encoding`` (a :mod:`loragen_mobile.quant` encoding), every weight a quantized export of
+    that backend stores with it (:func:`~loragen_mobile.exporters.pipeline.stored_weights`: the
+    decoder's linears and, on ExecuTorch and ONNX, the output head) holds what the artifact stores
+    (``dequantize(quantize(W))``, a tied head as that backend treats it), and a merged LoRA gives
     ``dequantize(quantize(W + scale * B @ A))`` from the full-precision W, as a merged bundle."""
 
     def __init__(self, model, encoding=None):
         self.model = model
-        self.params = dict(model.named_parameters())
         self.base = {}
         self.encoding = encoding
         self.full: dict[str, torch.Tensor] = {}
         if encoding is not None:
-            from ..exporters.pipeline import quantizable_linears
+            from ..exporters.pipeline import quantize_in_place, stored_weights
 
-            # the decoder's linear weights a quantized export stores with the encoding: one whose input
-            # features are not a multiple of its group (Gemma's o_proj at head_dim 48) stays full precision
-            stored = set(quantizable_linears(model, encoding, [], "eval", head=False))
-            self.full = {n: p.detach().clone() for n, p in self.params.items() if ".layers." in n and n in stored}
-            with torch.no_grad():
-                for n, w in self.full.items():
-                    self.params[n].copy_(self._stored(w))
+            # one whose input features are not a multiple of its group (Gemma's o_proj at head_dim
+            # 48) stays full precision, as in the export
+            stored = stored_weights(model, encoding)
+            params = dict(model.named_parameters(remove_duplicate=False))
+            self.full = {n: params[n].detach().clone() for n in stored}
+            quantize_in_place(model, encoding, stored)
+        self.params = dict(model.named_parameters())
 
     def _stored(self, w: torch.Tensor) -> torch.Tensor:
         return self.encoding.stored(w)
