@@ -20,8 +20,9 @@ def register(sub):
                                      "and the controls loragen_other_task, loragen_empty, mean_adapter (default: all)")
     p.add_argument("--lora-steps", type=int, help="training steps of the per-task LoRA baseline (default 150)")
     p.add_argument("--weight-encoding", metavar="ID",
-                   help="evaluate the edge model with the weights a quantized artifact of the encoding's backend "
-                        "stores as it stores them (decoder linears; the output head too on ExecuTorch and ONNX) (an encoding of docs/quantization.md, e.g. ort-int8-b128); LoRAs are merged in full "
+                   help="evaluate the edge model with the weights a quantized export of the encoding's backend "
+                        "stores (decoder linears; the output head too on ExecuTorch and ONNX) as it stores them; "
+                        "ID is an encoding of docs/quantization.md, e.g. ort-int8-b128. LoRAs are merged in full "
                         "precision and quantized, as a merged bundle is")
     p.set_defaults(func=run)
 
