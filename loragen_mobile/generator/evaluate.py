@@ -62,8 +62,8 @@ class _Swapper:
         if encoding is not None:
             from ..exporters.pipeline import quantize_in_place, stored_weights
 
-            # one whose input features are not a multiple of its group (Gemma's o_proj at head_dim
-            # 48) stays full precision, as in the export
+            # a weight whose input features are not a multiple of the encoding's group (Gemma's
+            # o_proj at head_dim 48) stays full precision, as in the export
             stored = stored_weights(model, encoding)
             params = dict(model.named_parameters(remove_duplicate=False))
             self.full = {n: params[n].detach().clone() for n in stored}
