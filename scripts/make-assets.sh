@@ -2,7 +2,7 @@
 # Rebuild the checkpoints shipped in loragen_mobile/assets (`loragen quickstart --fast`, the
 # accuracy tests and docs/results.md): for each preset, the edge model trained on the seen tasks
 # with their prompts and the generator trained for it, with configs/tiny.yaml (the full
-# quickstart's recipe; tiny-gemma's generator trains 1,600 steps: GEN_MAX_STEPS in preset-args.sh). Both presets' are shipped; without PRESET arguments, tiny-llama's are rebuilt.
+# quickstart's recipe; tiny-gemma's generator has options of its own: GEN_ARGS in preset-args.sh). Both presets' are shipped; without PRESET arguments, tiny-llama's are rebuilt.
 # A rerun with the same WORKDIR keeps the models already trained there (an interrupted rebuild resumes).
 # Usage: bash scripts/make-assets.sh [WORKDIR] [PRESET...]   (presets: tiny-llama tiny-gemma)
 DEFAULT_PRESETS=(tiny-llama)
@@ -20,7 +20,7 @@ for P in "${PRESETS[@]}"; do
     $LORAGEN train-edge --model "$W/$P-init" --data "$W/train.jsonl" --config configs/tiny.yaml --out "$W/$P-edge"
   [ -f "$W/$P-generator/generator.json" ] ||
     $LORAGEN train --config configs/tiny.yaml --edge "$W/$P-edge" --data "$W/train.jsonl" --out "$W/$P-generator" \
-      $(gen_steps "$P")
+      $(gen_args "$P")
   rm -rf "$A/$P-edge" "$A/$P-generator"
   mkdir -p "$A/$P-generator"
   cp -r "$W/$P-edge" "$A/$P-edge"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LoRA-Gen over generator seeds: train the generator with seeds 1 and 2 (the shipped one is seed 0)
-# for each preset's shipped edge model, with configs/tiny.yaml (and the preset's GEN_MAX_STEPS), and score LoRA-Gen and the
+# for each preset's shipped edge model, with configs/tiny.yaml (and the preset's GEN_ARGS), and score LoRA-Gen and the
 # other-task control on the unseen tasks: docs/eval/<preset>-unseen-seed<S>.json, rendered into
 # docs/results.md's seed table. The two seeds train side by side, one thread each.
 # Usage: bash scripts/make-seeds.sh [WORKDIR] [PRESET...]   (default: tiny-llama tiny-gemma)
@@ -16,7 +16,7 @@ for P in "${PRESETS[@]}"; do
   for SEED in 1 2; do
     G="$W/$P-generator-seed$SEED"
     ( $LORAGEN train --config configs/tiny.yaml --edge "loragen_mobile/assets/$P-edge" --data "$W/train.jsonl" \
-        --out "$G" --seed $SEED --no-progress $(gen_steps "$P")
+        --out "$G" --seed $SEED --no-progress $(gen_args "$P")
       $LORAGEN eval --generator "$G" --data "$W/unseen.jsonl" --train-data "$W/train.jsonl" \
         --methods loragen,loragen_other_task --out "docs/eval/$P-unseen-seed$SEED.json" ) > "$G.log" 2>&1 &
     pids+=($!)

@@ -117,6 +117,42 @@ def test_length_groups_cover_every_index_once_and_split_only_where_padding_costs
     assert length_groups([7], 3) == [[0]] and length_groups([], 3) == []
 
 
+def test_shuffle_lists_reorders_only_the_tool_definitions_and_is_a_function_of_the_step():
+    from loragen_mobile.data import make_suite
+    from loragen_mobile.generator.train import TaskData, shuffle_list_items
+    from loragen_mobile.models import build_tokenizer
+
+    text = "Tools:\n- a: x\n- b: y\n- c: z\nThen more.\n- d\n- e"
+    orders = set()
+    for seed in range(40):
+        out = shuffle_list_items(text, torch.Generator().manual_seed(seed))
+        lines = out.split("\n")
+        assert lines[0] == "Tools:" and lines[4] == "Then more." and len(out) == len(text)
+        assert sorted(lines[1:4]) == ["- a: x", "- b: y", "- c: z"] and sorted(lines[5:]) == ["- d", "- e"]
+        orders.add((tuple(lines[1:4]), tuple(lines[5:])))
+    assert len(orders) == 12  # every order of both lists
+    rule = "Rule: double each letter. Examples: ab -> aabb;"
+    assert shuffle_list_items(rule, torch.Generator().manual_seed(0)) == rule
+
+    tok = build_tokenizer()
+    recs = make_suite("tools", "train", per_task=2)[:8] + make_suite("reasoning", "train", per_task=2)[:4]
+    td = TaskData(recs, tok, tok, 300)
+    plain, shuffled = _cfg(tasks_per_step=6), _cfg(tasks_per_step=6, shuffle_lists=True)
+    moved = 0
+    for step in range(6):
+        a, b = td.global_batch(step, plain), td.global_batch(step, shuffled)
+        assert [(t, ex) for t, ex, _ in a] == [(t, ex) for t, ex, _ in b]  # same tasks and examples
+        assert b == td.global_batch(step, shuffled)  # drawn from (seed, step): a resume repeats it
+        for (t, _, d), (_, _, e) in zip(a, b):
+            assert d == td.tasks[t]["desc"]
+            if td.tasks[t]["system"].startswith("Tools:"):
+                assert e[0] == d[0] and sorted(e) == sorted(d)
+                moved += e != d
+            else:
+                assert e == d
+    assert moved > 0
+
+
 def test_length_groups_give_the_padded_batchs_loss_and_gradients(preset_dirs):
     """A training step in length groups (descriptions and examples) has the loss and the gradients
     of the same step as one padded batch, up to float rounding."""
@@ -136,7 +172,7 @@ def test_length_groups_give_the_padded_batchs_loss_and_gradients(preset_dirs):
             m.eval()
     recs = make_suite("tools", "train", per_task=3)[:12] + make_suite("reasoning", "train", per_task=3)[:12]
     td = TaskData(recs, g.cloud_tokenizer, g.edge_tokenizer, 300)
-    batch = [(t, [0, 1, 2]) for t in range(len(td.tasks))]  # 4 tool sets and 4 rules
+    batch = [(t, [0, 1, 2], td.tasks[t]["desc"]) for t in range(len(td.tasks))]  # 4 tool sets and 4 rules
     results = []
     for k in (1, LENGTH_GROUPS):
         desc, mask, groups = td.tensors(batch, k)
@@ -499,14 +535,15 @@ def test_results_accuracy_table_is_rendered_from_the_reports():
 
 def test_train_seed_option_overrides_the_configs_seed(tmp_path, preset_dirs, gen_data):
     """`loragen train --seed` changes the initialisation and the data order: the run records it, and
-    its first step's loss differs from the config's seed 0 run."""
+    its first step's loss differs from the config's seed 0 run. `--shuffle-lists` is recorded too."""
     cfg = _write_cfg(tmp_path, max_steps=1, save_every=1)
     common = ["train", "--config", cfg, "--edge", preset_dirs["tiny-llama"], "--data", gen_data, "--no-progress"]
-    for name, extra in (("s0", []), ("s1", ["--seed", "1"])):
+    runs = (("s0", []), ("s1", ["--seed", "1"]), ("sh", ["--shuffle-lists"]))
+    for name, extra in runs:
         r = _loragen(*common, "--out", tmp_path / name, *extra)
         assert r.returncode == 0, r.stderr
-    meta = [json.loads((tmp_path / n / "generator.json").read_text()) for n in ("s0", "s1")]
-    assert [m["config"]["seed"] for m in meta] == [0, 1]
+    meta = [json.loads((tmp_path / n / "generator.json").read_text()) for n, _ in runs]
+    assert [(m["config"]["seed"], m["config"]["shuffle_lists"]) for m in meta] == [(0, False), (1, False), (0, True)]
     loss = [json.loads((tmp_path / n / "log.jsonl").read_text().splitlines()[0])["lm_loss"] for n in ("s0", "s1")]
     assert abs(loss[0] - loss[1]) > 1e-4, loss
 

@@ -20,6 +20,9 @@ def register(sub):
     p.add_argument("--max-steps", type=int, help="override the config's max_steps")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
     p.add_argument("--seed", type=int, help="override the config's seed (initialisation and data order)")
+    p.add_argument("--shuffle-lists", action="store_const", const=True,
+                   help="set the config's shuffle_lists: each step lists the descriptions' tool definitions in "
+                        "a new order")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt exactly")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -34,6 +37,6 @@ def run(args):
     from ..generator import load_config, train
 
     cfg = load_config(args.config, {"cloud": args.cloud, "max_steps": args.max_steps, "save_every": args.save_every,
-                                    "seed": args.seed})
+                                    "seed": args.seed, "shuffle_lists": args.shuffle_lists})
     out = train(cfg, args.edge, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"generator written to {out}")

@@ -53,6 +53,8 @@ class GeneratorConfig:
     targets: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     # loss
     alpha_cv: float = 0.01
+    # data: each step lists a description's "- " items (tool definitions) in a new order
+    shuffle_lists: bool = False
     # optimisation
     lr: float = 2e-5
     lr_cloud: float | None = None    # defaults to lr

@@ -47,18 +47,24 @@ class TaskData:
 
     def __init__(self, records: list[dict], cloud_tok, edge_tok, max_desc_tokens: int):
         self.tasks = []
+        self._cloud_tok, self._max_desc = cloud_tok, max_desc_tokens
         for task_id, recs in group_by_task(records).items():
-            desc = [cloud_tok.bos_token_id] + encode(cloud_tok, recs[0]["system"])
             self.tasks.append({
                 "task_id": task_id,
-                "desc": desc[:max_desc_tokens],
+                "system": recs[0]["system"],
+                "desc": self._encode(recs[0]["system"]),
                 "examples": [lm_example(edge_tok, None, r["input"], r["target"]) for r in recs],
             })
         self.cloud_pad = cloud_tok.pad_token_id
         self.edge_pad = edge_tok.pad_token_id
 
-    def global_batch(self, step: int, cfg: GeneratorConfig) -> list[tuple[int, list[int]]]:
-        """(task index, example indices) for every task of a step: a function of (seed, step) only."""
+    def _encode(self, text: str) -> list[int]:
+        return ([self._cloud_tok.bos_token_id] + encode(self._cloud_tok, text))[: self._max_desc]
+
+    def global_batch(self, step: int, cfg: GeneratorConfig) -> list[tuple[int, list[int], list[int]]]:
+        """(task index, example indices, description ids) for every task of a step: a function of
+        (seed, step) only. With ``cfg.shuffle_lists`` the description's list items are in an order
+        drawn for the step (:func:`shuffle_list_items`)."""
         T, B = len(self.tasks), cfg.tasks_per_step
         out = []
         for pos in range(step * B, step * B + B):
@@ -68,16 +74,21 @@ class TaskData:
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + t)
             n = len(self.tasks[t]["examples"])
             ex = torch.randint(n, (cfg.examples_per_task,), generator=g).tolist()
-            out.append((t, ex))
+            desc = self.tasks[t]["desc"]
+            if cfg.shuffle_lists:
+                text = shuffle_list_items(self.tasks[t]["system"], g)
+                if text != self.tasks[t]["system"]:
+                    desc = self._encode(text)
+            out.append((t, ex, desc))
         return out
 
     def tensors(self, batch, groups: int = 1):
         """The descriptions (left-padded ids and mask) and the examples for the edge in up to
         ``groups`` length groups (:func:`length_groups`), each (rows, input ids, labels) with
         ``rows`` naming every example's task in the batch."""
-        desc_ids, desc_mask = left_pad([self.tasks[t]["desc"] for t, _ in batch], self.cloud_pad)
+        desc_ids, desc_mask = left_pad([desc for _, _, desc in batch], self.cloud_pad)
         rows, examples = [], []
-        for i, (t, ex) in enumerate(batch):
+        for i, (t, ex, _) in enumerate(batch):
             for e in ex:
                 rows.append(i)
                 examples.append(self.tasks[t]["examples"][e])
@@ -86,6 +97,29 @@ class TaskData:
             input_ids, labels = pad_lm_batch([examples[i] for i in g], self.edge_pad)
             edge.append((torch.tensor([rows[i] for i in g]), input_ids, labels))
         return desc_ids, desc_mask, edge
+
+
+def shuffle_list_items(text: str, gen: torch.Generator) -> str:
+    """``text`` with each run of consecutive lines that start with ``"- "`` (a list: the tool
+    definitions of a tool-use description) in a random order drawn from ``gen``; the rest as is."""
+    lines = text.splitlines(keepends=True)
+    out, i = [], 0
+    while i < len(lines):
+        j = i
+        while j < len(lines) and lines[j].startswith("- "):
+            j += 1
+        if j - i > 1:
+            items = [x if x.endswith("\n") else x + "\n" for x in lines[i:j]]
+            last_nl = lines[j - 1].endswith("\n")
+            items = [items[k] for k in torch.randperm(j - i, generator=gen).tolist()]
+            if not last_nl:
+                items[-1] = items[-1][:-1]
+            out += items
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return "".join(out)
 
 
 def edge_ce_sum(edge, layout, factors: dict, groups, autocast=None) -> torch.Tensor:
@@ -169,7 +203,7 @@ def train(cfg: GeneratorConfig, edge_dir: str | os.PathLike, data: str | os.Path
         for step in range(start, steps):
             batch = tasks.global_batch(step, cfg)
             n_tok = sum(len(tasks.tasks[t]["examples"][e][0]) - tasks.tasks[t]["examples"][e][1]
-                        for t, ex in batch for e in ex)
+                        for t, ex, _ in batch for e in ex)
             local = batch[dist.rank * per_rank:(dist.rank + 1) * per_rank]
             desc_ids, desc_mask, edge_groups = tasks.tensors(local, LENGTH_GROUPS)
             with autocast:
