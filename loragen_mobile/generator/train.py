@@ -102,24 +102,16 @@ class TaskData:
 def shuffle_list_items(text: str, gen: torch.Generator) -> str:
     """``text`` with each run of consecutive lines that start with ``"- "`` (a list: the tool
     definitions of a tool-use description) in a random order drawn from ``gen``; the rest as is."""
-    lines = text.splitlines(keepends=True)
-    out, i = [], 0
+    lines = text.split("\n")
+    i = 0
     while i < len(lines):
         j = i
         while j < len(lines) and lines[j].startswith("- "):
             j += 1
         if j - i > 1:
-            items = [x if x.endswith("\n") else x + "\n" for x in lines[i:j]]
-            last_nl = lines[j - 1].endswith("\n")
-            items = [items[k] for k in torch.randperm(j - i, generator=gen).tolist()]
-            if not last_nl:
-                items[-1] = items[-1][:-1]
-            out += items
-            i = j
-        else:
-            out.append(lines[i])
-            i += 1
-    return "".join(out)
+            lines[i:j] = [lines[i + k] for k in torch.randperm(j - i, generator=gen).tolist()]
+        i = max(j, i + 1)
+    return "\n".join(lines)
 
 
 def edge_ce_sum(edge, layout, factors: dict, groups, autocast=None) -> torch.Tensor:
