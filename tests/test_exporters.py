@@ -473,6 +473,41 @@ def test_coreml_graph_equals_eager_with_the_causal_mask_contract(preset, model_d
     assert d16 <= 5e-2, d16  # the fp16 validation threshold
 
 
+def test_coreml_fp16_overflow_check_answers_as_coremltools_does(monkeypatch):
+    """The Core ML export's chunked overflow check (a bounded-memory stand-in for coremltools'
+    ``FP16ComputePrecision.fp16_overflow`` during conversion) gives coremltools' answer for every op:
+    values beyond 65504 in any chunk, values from 1e38 on, infinities and NaN (all three ignored),
+    scalars."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    from loragen_mobile.exporters import coreml
+
+    monkeypatch.setattr(coreml, "OVERFLOW_CHUNK", 5)  # 3 x 4 weights span three chunks
+    big, inf, nan = 7e4, np.float32(np.inf), np.float32(np.nan)
+    cases = []
+    for where in (0, 4, 5, 11):
+        for value in (big, -big, 65504.0, inf, -inf, 1e38, 9e37, nan):
+            w = np.full((3, 4), 0.5, np.float32)
+            w.reshape(-1)[where] = value
+            cases.append(w)
+    cases += [np.float32(big), np.float32(1.0)]
+    answers = []
+    for w in cases:
+        @mb.program(input_specs=[mb.TensorSpec(shape=(3, 4))])
+        def prog(x):
+            return mb.add(x=x, y=w)
+
+        op = next(o for o in prog.functions["main"].operations if o.op_type == "add")
+        want = FP16ComputePrecision.fp16_overflow(op)
+        assert coreml._fp16_overflow(op) == want, (w, want)
+        answers.append(want)
+    assert answers.count(True) == 3 * 4 + 1  # +-7e4 and 9e37 in each of the 4 places, and the scalar 7e4
+    with coreml._bounded_fp16_overflow_check():
+        assert FP16ComputePrecision.fp16_overflow is coreml._fp16_overflow
+    assert FP16ComputePrecision.fp16_overflow is not coreml._fp16_overflow
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_prefill_outputs_only_the_last_position(preset, artifacts, model_dirs):
     """ONNX graph output and ExecuTorch method output are [1, 1, vocab] for a 10-token prefill, and

@@ -38,6 +38,9 @@ codes and scales vs the rule and the slots) instead of running it.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 import platform
 import struct
 from pathlib import Path
@@ -76,6 +79,42 @@ def _quiet():
     logging.getLogger("coremltools").setLevel(logging.ERROR)
 
 
+#: elements of a weight examined at once by :func:`_fp16_overflow`
+OVERFLOW_CHUNK = 1 << 22
+
+
+def _fp16_overflow(op) -> bool:
+    """coremltools' ``FP16ComputePrecision.fp16_overflow`` (whether a float32 const input of ``op``
+    holds a finite value, ``|v| < 1e38``, beyond float16's 65504), the same answer computed a chunk of
+    the weight at a time. coremltools 9.0 takes ``abs_value[np.where(abs_value < 1e38)]`` of the whole
+    weight: ``np.where`` gives an int64 index array per dimension, so the check holds about 8 times
+    the weight's float32 bytes at once (17 GB for Gemma-2B's 256,000 x 2,048 embedding), which is what
+    made the ``add_fp16_cast`` pass run a full-size conversion out of memory."""
+    for inputs in op.inputs.values():
+        for var in inputs if isinstance(inputs, (list, tuple)) else (inputs,):
+            if var.op is None or var.op.op_type != "const" or not var.is_tensor_or_scalar_of(dtype="fp32"):
+                continue
+            flat = np.asarray(var.op.val.val).reshape(-1)
+            for i in range(0, flat.size, OVERFLOW_CHUNK):
+                a = np.abs(flat[i:i + OVERFLOW_CHUNK])
+                if np.max(a, where=a < 1e38, initial=0.0) > 65504:
+                    return True
+    return False
+
+
+@contextlib.contextmanager
+def _bounded_fp16_overflow_check():
+    """coremltools' fp16 pass with :func:`_fp16_overflow` as its overflow check, for one conversion."""
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    orig = FP16ComputePrecision.__dict__["fp16_overflow"]
+    FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
+    try:
+        yield
+    finally:
+        FP16ComputePrecision.fp16_overflow = orig
+
+
 def _convert(w, max_context: int, precision: str):
     """torch.export of the stateful wrapper ``w`` -> ``ct.convert`` (ML program, iOS 18, states)."""
     import coremltools as ct
@@ -98,9 +137,10 @@ def _convert(w, max_context: int, precision: str):
     inputs = [ct.TensorType(name=INPUT_IDS, dtype=np.int32), ct.TensorType(name=CAUSAL_MASK, dtype=np.float16)]
     cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     try:
-        return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs,
-                          states=states, outputs=[ct.TensorType(name=LOGITS, dtype=np_dtype)], compute_precision=cp,
-                          skip_model_load=True)
+        with _bounded_fp16_overflow_check():
+            return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs,
+                              states=states, outputs=[ct.TensorType(name=LOGITS, dtype=np_dtype)],
+                              compute_precision=cp, skip_model_load=True)
     except Exception as e:
         raise LoragenError(f"coremltools conversion failed: {str(e).splitlines()[0]}") from None
 
@@ -175,6 +215,18 @@ def blob_consts(spec) -> dict[str, dict]:
                 "shape": [int(d.constant.size) for d in v.type.tensorType.dimensions],
             }
     return out
+
+
+@contextlib.contextmanager
+def mapped_bytes(path: Path):
+    """The bytes of ``path`` as a read-only map (slices read only their pages): weight.bin is as large
+    as the model's weights, which a full-size export or validation must not read into memory."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            yield m
 
 
 def read_blob_header(buf: bytes, header_offset: int) -> tuple[int, int, int]:
@@ -268,6 +320,8 @@ class CoreMLExporter(Exporter):
         return wrapper
 
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
+        # the converter's consts share the parameters' memory: keep the fp32 weights in the page cache
+        job.map_weights(job.out / ".weights")
         ml = _convert(wrapper, job.max_context, job.precision)
         if job.encoding is not None:
             ml = _quantize_program(ml, [f"p_{graph_name(n)}_to_fp16" for n in job.quantized], job.encoding)
@@ -280,10 +334,12 @@ class CoreMLExporter(Exporter):
 
         spec = ct.utils.load_spec(str(job.out / PACKAGE))
         job.state["signature"] = _signature(spec)
-        buf = (job.out / WEIGHTS).read_bytes()
-        if job.encoding is not None:
-            return self._quantized_slots(job, blob_quantized(spec), buf)
-        consts = blob_consts(spec)
+        with mapped_bytes(job.out / WEIGHTS) as buf:
+            if job.encoding is not None:
+                return self._quantized_slots(job, blob_quantized(spec), buf)
+            return self._slots(job, blob_consts(spec), buf)
+
+    def _slots(self, job: ExportJob, consts: dict, buf) -> list[SwapSlot]:
         suffix = "_to_fp16" if job.precision == "fp16" else ""
         slots = []
         for n in job.swap_names:
@@ -391,17 +447,20 @@ class CoreMLExporter(Exporter):
                     out[op.outputs[0].name] = np.asarray(op.outputs[0].val)
         return out
 
-    def read_quantized(self, artifact_dir) -> dict[str, dict[str, np.ndarray]]:
-        """Every quantized weight op read back through coremltools' loader: op name -> ``q`` (the
-        signed integer codes, int8 ``[out, in]``), ``scale`` (fp16) and ``value`` (the fp16 weight
-        coremltools materializes from them, as the runtime does)."""
-        out = {}
+    def iter_quantized(self, artifact_dir):
+        """Every quantized weight op read back through coremltools' loader, one at a time: op name ->
+        ``q`` (the signed integer codes, int8 ``[out, in]``), ``scale`` (fp16) and ``value`` (the fp16
+        weight coremltools materializes from them, as the runtime does; made when the op is reached,
+        so that a full-size model's materialized weights are never all held at once)."""
         for f in self._program(artifact_dir).functions.values():
             for op in f.operations:
                 if op.op_type == QUANT_OP:
-                    out[op.outputs[0].name] = {"q": np.asarray(op.data.val), "scale": np.asarray(op.scale.val),
+                    yield op.outputs[0].name, {"q": np.asarray(op.data.val), "scale": np.asarray(op.scale.val),
                                                "value": np.asarray(op.materialized_val_inference())}
-        return out
+
+    def read_quantized(self, artifact_dir) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`iter_quantized` as a dict (every materialized weight held)."""
+        return dict(self.iter_quantized(artifact_dir))
 
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
         """Core ML cannot predict off Apple platforms: the package is read back instead (signature,
@@ -469,16 +528,16 @@ class CoreMLExporter(Exporter):
         report.add("weights_present", not missing,
                    f"all {n_total} parameters stored ({len(seen)} by name{quantized}, {len(by_value)} folded or "
                    "identity)" if not missing else f"missing from the package: {', '.join(missing[:3])}")
-        buf = art.file(WEIGHTS).read_bytes()
         slot_bad = []
-        for s in art.slots:
-            _, size, off = read_blob_header(buf, s.extra["header_offset"])
-            if s.part is not None:
-                want = tensor_bytes(rule[s.param][s.part]) if s.param in rule else b""
-            else:
-                want = tensor_bytes(params[s.name].detach().to(tdt))
-            if off != s.offset or buf[off:off + size] != want:
-                slot_bad.append(s.name)
+        with mapped_bytes(art.file(WEIGHTS)) as buf:
+            for s in art.slots:
+                _, size, off = read_blob_header(buf, s.extra["header_offset"])
+                if s.part is not None:
+                    want = tensor_bytes(rule[s.param][s.part]) if s.param in rule else b""
+                else:
+                    want = tensor_bytes(params[s.name].detach().to(tdt))
+                if off != s.offset or buf[off:off + size] != want:
+                    slot_bad.append(s.name)
         what = f"the model's weights ({enc.id} rule for quantized ones)" if enc is not None else "the model's weights"
         report.add("swap_slots_bytes", not slot_bad,
                    f"{len(art.slots)} slot byte ranges hold {what}" if not slot_bad
@@ -489,14 +548,15 @@ class CoreMLExporter(Exporter):
         """Every quantized weight read back by coremltools' loader: codes and scales equal the rule and
         the swap slots' bytes; the materialized weight equals the rule's dequantization; its largest
         distance from the fp32 weight is reported (within one quantization step of its block)."""
-        qops = self.read_quantized(art.path)
         stored = {s.name: b for s, b in self.iter_slot_bytes(art.path, art.slots) if s.part is not None}
         slots = art.quantized_params()
+        names = {quant_const(n): n for n in rule}
         found, bad, dq_bad, step_bad, worst = set(), [], [], [], 0.0
-        for n, parts in rule.items():
-            op = qops.get(quant_const(n))
-            if op is None:
+        for key, op in self.iter_quantized(art.path):
+            n = names.get(key)
+            if n is None:
                 continue
+            parts = rule[n]
             found.add(n)
             codes = enc.codes(parts["q"]).numpy()
             scale = parts["scale"].numpy()
