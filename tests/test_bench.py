@@ -148,3 +148,32 @@ def test_bench_all_refuses_bad_preset_arguments_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (argv, err)
     assert not work.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_benchmark_without_a_work_directory_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Without --artifacts-dir / --work-dir a benchmark works in a temporary directory and removes it
+    with its exports when it ends, also when it fails (at the full-size presets one run left
+    gigabytes in the temporary directory); a work directory that is given is kept."""
+    import tempfile
+
+    import pytest
+
+    from loragen_mobile.bench import work_dir
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    out = tmp_path / "quant.json"
+    assert main(["bench", "quant", "--presets", "tiny-llama", "--backends", "onnx", "--schemes", "none",
+                 "--max-context", str(MAX_CTX), "--out", str(out)]) == 0
+    e = json.loads(out.read_text())["results"]["tiny-llama"]["onnx"]["unquantized"]
+    assert e["artifact_bytes"] > 0 and e["merged_bundle_bytes"] > 0
+    assert list(tmp.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        with work_dir(None) as w:
+            (w / "f").write_bytes(b"x")
+            raise RuntimeError("a failing benchmark")
+    assert not w.exists() and list(tmp.iterdir()) == []
+    with work_dir(str(tmp_path / "kept")) as w:
+        (w / "f").write_bytes(b"x")
+    assert (tmp_path / "kept" / "f").read_bytes() == b"x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +25,21 @@ BENCHES = {
     "cli": "cli",
     "all": "all",
 }
+
+
+@contextlib.contextmanager
+def work_dir(path: str | None):
+    """A benchmark's work directory: PATH (created, kept: later runs reuse its model and exports), or
+    without one a temporary directory, removed with everything in it when the benchmark ends (at
+    the full-size presets its exports are gigabytes each)."""
+    import tempfile
+
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="loragen-bench-") as d:
+        yield Path(d)
 
 
 def machine_info() -> dict:

@@ -25,13 +25,19 @@ def add_arguments(p):
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-context", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run")
+    p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run "
+                                           "(default: a temporary directory, removed at the end)")
     p.add_argument("--out", default="bench-out/bundle.json")
 
 
 def run(args) -> dict:
-    import tempfile
+    from . import work_dir
 
+    with work_dir(args.artifacts_dir) as work:
+        return _bench(args, work)
+
+
+def _bench(args, work: Path) -> dict:
     from tqdm import tqdm
 
     from ..bundle import build_bundle, bundle_adapter, bundle_swap, verify_bundle
@@ -39,8 +45,6 @@ def run(args) -> dict:
     from ..exporters import get_exporter
     from . import large_preset, machine_info, preset_adapter, shared_export, time_call, write_json
 
-    work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     if not (work / "keys" / "bench.pem").exists():
         generate_keypair(work / "keys" / "bench.pem", work / "keys" / "bench.pub")
     key, pub = load_private_key(work / "keys" / "bench.pem"), load_public_key(work / "keys" / "bench.pub")

@@ -57,7 +57,8 @@ def add_arguments(p):
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-context", type=int, default=256)
-    p.add_argument("--work-dir", help="keep the model and the exported artifacts here and reuse them on the next run")
+    p.add_argument("--work-dir", help="keep the model and the exported artifacts here and reuse them on the next run "
+                                      "(default: a temporary directory, removed at the end)")
     p.add_argument("--tool-env", help="optimum-executorch's tool environment (created when missing; default: "
                                       "~/.cache/loragen-mobile/tools/optimum-executorch)")
     p.add_argument("--out", default="bench-out/peers.json")
@@ -130,8 +131,13 @@ def _run(runtime: str, art: Path, prompt_file: Path, new: int, repeats: int, wor
 
 
 def run(args) -> dict:
-    import tempfile
+    from . import work_dir
 
+    with work_dir(args.work_dir) as work:
+        return _bench(args, work)
+
+
+def _bench(args, work: Path) -> dict:
     from tqdm import tqdm
 
     from ..errors import LoragenError
@@ -151,8 +157,6 @@ def run(args) -> dict:
     if not pairs:
         raise LoragenError(f"no benchmark pairs for --backends {args.backends} --precisions {args.precisions}; "
                            f"pairs: {', '.join('/'.join(k) for k in PAIRS)}", code="usage")
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     env = Path(args.tool_env) if args.tool_env else Path.home() / ".cache" / "loragen-mobile" / "tools" / "optimum-executorch"
     model_dir = preset_model_dir(work, args.preset, args.max_context)
     prompt = _prompt(model_dir, args.prompt_tokens)

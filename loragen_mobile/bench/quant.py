@@ -22,13 +22,19 @@ def add_arguments(p):
                                       "(default: the baseline and every scheme of each backend)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-context", type=int, default=128)
-    p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run")
+    p.add_argument("--artifacts-dir", help="keep exported artifacts here and reuse them on the next run "
+                                           "(default: a temporary directory, removed at the end)")
     p.add_argument("--out", default="bench-out/quant.json")
 
 
 def run(args) -> dict:
-    import tempfile
+    from . import work_dir
 
+    with work_dir(args.artifacts_dir) as work:
+        return _bench(args, work)
+
+
+def _bench(args, work: Path) -> dict:
     import torch
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from tqdm import tqdm
@@ -39,8 +45,6 @@ def run(args) -> dict:
     from . import machine_info, preset_model_dir, shared_export, write_json
 
     key = Ed25519PrivateKey.generate()
-    work = Path(args.artifacts_dir) if args.artifacts_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     only = {s.strip() for s in args.schemes.split(",")} if args.schemes else None

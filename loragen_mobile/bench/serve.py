@@ -50,9 +50,15 @@ def _tiny_generator(work: Path) -> Path:
 
 
 def run(args) -> dict:
+    from . import work_dir
+
+    with work_dir(args.work_dir) as work:
+        return _bench(args, work)
+
+
+def _bench(args, work: Path) -> dict:
     import os
     import subprocess
-    import tempfile
     import time
 
     from ..bundle.keys import generate_keypair
@@ -67,8 +73,6 @@ def run(args) -> dict:
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if not levels or min(levels) < 1:
         raise LoragenError("--concurrency must list positive numbers")
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="loragen-bench-serve-"))
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     gen_dir = Path(args.generator) if args.generator else _tiny_generator(work)
     art = Path(args.artifact) if args.artifact else work / "tl-onnx"

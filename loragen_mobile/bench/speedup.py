@@ -17,7 +17,6 @@ timed on the base model's artifact (same ops and shapes), the one the other benc
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def run(args) -> dict:
     from ..errors import LoragenError
     from ..exporters import get_exporter
     from ..lora import save_peft_adapter
-    from . import machine_info, preset_adapter, preset_model_dir, shared_export, write_json
+    from . import machine_info, preset_adapter, preset_model_dir, shared_export, work_dir, write_json
 
     prompts = sorted({int(x) for x in args.prompt_tokens.split(",") if x.strip()})
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -78,9 +77,7 @@ def run(args) -> dict:
     result = {"bench": "speedup", "preset": args.preset, "rank": args.rank, "input_tokens": args.input_tokens,
               "answer_tokens": args.answer_tokens, "repeats": args.repeats, "max_context": ctx,
               "machine": machine_info(), "backends": {}}
-    with tempfile.TemporaryDirectory(prefix="loragen-speedup-") as tmp:
-        work = Path(args.work_dir) if args.work_dir else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_dir(args.work_dir) as work:
         # random weights: the merged graph has the base model's shapes and ops, so the base artifact
         # times LoRA-Gen's merged model; the conventional graph keeps a random rank-r LoRA unmerged
         base = preset_model_dir(work, args.preset, ctx)
