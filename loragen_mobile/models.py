@@ -207,6 +207,20 @@ def read_weights(model_dir: str | os.PathLike, names, lazy: bool = False):
     return weights if lazy else dict(weights)
 
 
+def stored_float_dtype(model_dir: str | os.PathLike) -> torch.dtype:
+    """The one floating-point dtype of a HF directory's safetensors weights when it is 16-bit (fp16 or
+    bf16: exact in fp32), else fp32. Reads the files' headers only."""
+    from safetensors import safe_open
+
+    d = resolve_model_dir(model_dir)
+    found = set()
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            found |= {st.get_slice(k).get_dtype() for k in st.keys()}
+    floats = found & {"F64", "F32", "F16", "BF16"}
+    return dtypes.lookup(floats.pop()).torch if floats in ({"F16"}, {"BF16"}) else torch.float32
+
+
 def load_tokenizer(model_dir: str | os.PathLike):
     """The directory's tokenizer. A directory without a chat template (made before the template
     was recorded) gets :data:`CHAT_TEMPLATE`, the layout every preset model is trained with."""

@@ -378,6 +378,38 @@ def test_coreml_export_validate_and_swap(preset, artifacts, model_dirs, workdir)
     assert checks["fingerprint"].ok and not checks["weights_equal_model"].ok and not checks["swap_slots_bytes"].ok
 
 
+def test_coreml_validate_loads_a_16bit_checkpoint_in_its_own_dtype(artifacts, model_dirs, workdir, monkeypatch):
+    """Core ML's validate compares weights only (no prediction off Apple platforms): it loads an fp16
+    checkpoint in fp16, half the memory of fp32, and its checks give the same results as with the
+    model loaded in fp32. An fp32 checkpoint is still loaded in fp32."""
+    from loragen_mobile.exporters import coreml, pipeline
+    from loragen_mobile.models import stored_float_dtype
+
+    a = artifacts("coreml", "tiny-llama")  # fp16 weights: the fp32 model's, rounded
+    half = workdir / "model-tiny-llama-fp16"
+    load_model(model_dirs["tiny-llama"], dtype=torch.float16).save_pretrained(half)
+    assert stored_float_dtype(half) == torch.float16
+    assert stored_float_dtype(model_dirs["tiny-llama"]) == torch.float32
+    loaded = []
+
+    def spy(model_dir, dtype=None):
+        m = load_model(model_dir, dtype=dtype)
+        loaded.append(next(m.parameters()).dtype)
+        return m
+
+    monkeypatch.setattr(pipeline, "load_model", spy)
+    exp = get_exporter("coreml")
+    reports = [exp.validate(a, half)]
+    monkeypatch.setattr(coreml.CoreMLExporter, "validate_dtype", lambda self, d: torch.float32)
+    reports.append(exp.validate(a, half))
+    assert loaded == [torch.float16, torch.float32]
+    got = [[(c.name, c.ok, c.value, c.detail) for c in r.checks] for r in reports]
+    assert reports[0].ok and got[0] == got[1] and len(got[0]) == 8
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "load_model", spy)
+    assert exp.validate(a, model_dirs["tiny-llama"]).ok and loaded[-1] == torch.float32
+
+
 def test_coreml_corrupt_foundation_fails(artifacts, model_dirs, workdir):
     from loragen_mobile.exporters.coreml import WEIGHTS
 
@@ -506,6 +538,29 @@ def test_coreml_fp16_overflow_check_answers_as_coremltools_does(monkeypatch):
     with coreml._bounded_fp16_overflow_check():
         assert FP16ComputePrecision.fp16_overflow is coreml._fp16_overflow
     assert FP16ComputePrecision.fp16_overflow is not coreml._fp16_overflow
+
+
+def test_coreml_progress_bars_follow_the_export_progress(capfd):
+    """`loragen export --no-progress` on Core ML: coremltools' own bars (frontend, pass pipelines,
+    weight compression) write nothing while the export runs without progress, and are coremltools'
+    own again afterwards and in an export with progress."""
+    import importlib
+
+    from loragen_mobile.exporters import coreml
+
+    mods = [(importlib.import_module(n), a) for n, a in coreml._PROGRESS_MODULES.items()]
+    orig = [getattr(m, a) for m, a in mods]
+    capfd.readouterr()
+    with coreml._library_progress(False):
+        for m, a in mods:
+            assert sum(getattr(m, a)(range(3), desc="pipeline", unit=" ops")) == 3
+    assert capfd.readouterr().err == ""
+    assert [getattr(m, a) for m, a in mods] == orig
+    with coreml._library_progress(True):
+        assert [getattr(m, a) for m, a in mods] == orig
+        for m, a in mods:
+            assert sum(getattr(m, a)(range(3), desc="pipeline", unit=" ops")) == 3
+    assert capfd.readouterr().err.count("pipeline") >= len(mods)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

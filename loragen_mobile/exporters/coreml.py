@@ -115,6 +115,34 @@ def _bounded_fp16_overflow_check():
         FP16ComputePrecision.fp16_overflow = orig
 
 
+#: coremltools' modules whose progress bars an export shows (frontend ops, pass pipelines, weight
+#: compression): each imports tqdm at module level, and coremltools has no option to turn them off
+_PROGRESS_MODULES = {"coremltools.converters.mil.frontend.torch.ops": "_tqdm",
+                     "coremltools.converters.mil.mil.passes.pass_pipeline": "tqdm",
+                     "coremltools.optimize.coreml._post_training_quantization": "tqdm",
+                     "coremltools.optimize.coreml._quantization_passes": "tqdm"}
+
+
+@contextlib.contextmanager
+def _library_progress(enabled: bool):
+    """coremltools' progress bars follow the export's ``progress``: off, each module's ``tqdm`` is
+    ``tqdm(..., disable=True)`` for the duration (``loragen export --no-progress`` stays quiet)."""
+    import functools
+    import importlib
+
+    saved = []
+    try:
+        if not enabled:
+            for name, attr in _PROGRESS_MODULES.items():
+                mod = importlib.import_module(name)
+                saved.append((mod, attr, getattr(mod, attr)))
+                setattr(mod, attr, functools.partial(saved[-1][2], disable=True))
+        yield
+    finally:
+        for mod, attr, orig in saved:
+            setattr(mod, attr, orig)
+
+
 def _convert(w, max_context: int, precision: str):
     """torch.export of the stateful wrapper ``w`` -> ``ct.convert`` (ML program, iOS 18, states)."""
     import coremltools as ct
@@ -322,9 +350,10 @@ class CoreMLExporter(Exporter):
     def lower(self, job: ExportJob, wrapper: torch.nn.Module) -> None:
         # the converter's consts share the parameters' memory: keep the fp32 weights in the page cache
         job.map_weights(job.out / ".weights")
-        ml = _convert(wrapper, job.max_context, job.precision)
-        if job.encoding is not None:
-            ml = _quantize_program(ml, [f"p_{graph_name(n)}_to_fp16" for n in job.quantized], job.encoding)
+        with _library_progress(job.progress):
+            ml = _convert(wrapper, job.max_context, job.precision)
+            if job.encoding is not None:
+                ml = _quantize_program(ml, [f"p_{graph_name(n)}_to_fp16" for n in job.quantized], job.encoding)
         ml.save(str(job.out / PACKAGE))
 
     def locate_slots(self, job: ExportJob) -> list[SwapSlot]:
@@ -461,6 +490,14 @@ class CoreMLExporter(Exporter):
     def read_quantized(self, artifact_dir) -> dict[str, dict[str, np.ndarray]]:
         """:meth:`iter_quantized` as a dict (every materialized weight held)."""
         return dict(self.iter_quantized(artifact_dir))
+
+    def validate_dtype(self, model_dir) -> torch.dtype:
+        """The checkpoint's own dtype when it is 16-bit: the read-back compares weights, each cast
+        where it is compared, and a 16-bit weight is exact in fp32 (half the memory of an fp32 load:
+        5 GB at Gemma-2B)."""
+        from ..models import stored_float_dtype
+
+        return stored_float_dtype(model_dir)
 
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
         """Core ML cannot predict off Apple platforms: the package is read back instead (signature,

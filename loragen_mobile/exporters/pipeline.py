@@ -82,6 +82,7 @@ class ExportJob:
     encoding: quant.Encoding | None = None  # how quantized weights are stored (None: unquantized)
     quantized: list[str] = field(default_factory=list)  # parameter names the quantize hook quantized
     adapter_slots: int = 0  # rank of the run-time LoRA slots on the target modules (0: none)
+    progress: bool = True  # progress bars, the export's own and its libraries' where they allow
 
     @property
     def dtype(self) -> torch.dtype:
@@ -182,7 +183,7 @@ class Exporter:
 
             step(0)
             job = self.load(model_dir, tmp, precision, max_context, targets, adapter, quantize, all_logits)
-            job.encoding, job.adapter_slots = encoding, int(adapter_slots)
+            job.encoding, job.adapter_slots, job.progress = encoding, int(adapter_slots), progress
             if job.adapter_slots:  # zero LoRA buffers on every target module, filled at run time
                 job.state["slot_modules"] = [n[: -len(".weight")] for n in job.swap_names]
                 add_adapter_slots(job.model, job.state["slot_modules"], job.adapter_slots, job.dtype)
@@ -417,12 +418,16 @@ class Exporter:
     def validate(self, artifact: Artifact | str | os.PathLike, model_dir, *, steps: int = 8) -> ValidationReport:
         """Identity and fingerprint checks, then the backend's own (:meth:`validate_backend`)."""
         art = as_artifact(artifact, self.name)
-        model = load_model(model_dir, dtype=torch.float32)
+        model = load_model(model_dir, dtype=self.validate_dtype(model_dir))
         report = ValidationReport(str(art.path), self.name, art.meta["precision"])
         check_identity(report, art, Path(model_dir), model)
         check_fingerprint(report, self, art)
         self.validate_backend(report, art, model, steps)
         return report
+
+    def validate_dtype(self, model_dir) -> torch.dtype:
+        """Hook: the dtype :meth:`validate` loads the model in (fp32: the eager reference)."""
+        return torch.float32
 
     def validate_backend(self, report: ValidationReport, art: Artifact, model, steps: int) -> None:
         """Hook: by default, prefill + ``steps`` decode logits vs eager PyTorch on the host runner. A
