@@ -159,13 +159,15 @@ def read_config(model_dir: str | os.PathLike) -> dict:
 def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """Load a local HF directory or a Hugging Face id from the local cache (any supported family);
     never downloads."""
+    from safetensors import SafetensorError
+
     model_dir = resolve_model_dir(model_dir)
     read_config(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype if dtype is not None else "auto", local_files_only=True
         )
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # missing or corrupt weight files
         raise LoragenError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}") from None
     return model.eval()
 
@@ -210,13 +212,16 @@ def read_weights(model_dir: str | os.PathLike, names, lazy: bool = False):
 def stored_float_dtype(model_dir: str | os.PathLike) -> torch.dtype:
     """The one floating-point dtype of a HF directory's safetensors weights when it is 16-bit (fp16 or
     bf16: exact in fp32), else fp32. Reads the files' headers only."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     d = resolve_model_dir(model_dir)
     found = set()
     for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            found |= {st.get_slice(k).get_dtype() for k in st.keys()}
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                found |= {st.get_slice(k).get_dtype() for k in st.keys()}
+        except (OSError, SafetensorError) as e:
+            raise LoragenError(f"cannot load model from {d}: {str(e).splitlines()[0]}") from None
     floats = found & {"F64", "F32", "F16", "BF16"}
     return dtypes.lookup(floats.pop()).torch if floats in ({"F16"}, {"BF16"}) else torch.float32
 

@@ -167,6 +167,30 @@ def test_export_unmerged_adapter_that_does_not_fit_is_a_shape_error(tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize("backend", ["onnx", "coreml"])
+def test_a_corrupt_weights_file_is_one_input_error_and_writes_nothing(tmp_path, capsys, preset_dirs, backend):
+    """A model directory whose model.safetensors is not a safetensors file: `export`, and `validate`'s
+    load (Core ML's reads the weights' dtype first), give one `input` line, not an internal error."""
+    import shutil
+
+    from loragen_mobile.errors import LoragenError
+    from loragen_mobile.exporters import get_exporter
+    from loragen_mobile.models import load_model
+
+    bad = tmp_path / "model"
+    shutil.copytree(preset_dirs["tiny-llama"], bad)
+    (bad / "model.safetensors").write_bytes(b"\xff" * 100)
+    before = sorted((f.name, f.read_bytes()) for f in bad.iterdir() if f.is_file())
+    out = tmp_path / "art"
+    assert main(["export", "--backend", backend, "--model", str(bad), "--out", str(out), "--no-progress"]) == 2
+    assert _err_line(capsys).startswith(f"loragen: error: input: cannot load model from {bad}: ")
+    assert not out.exists()
+    with pytest.raises(LoragenError, match="cannot load model from") as e:
+        get_exporter(backend).validate_dtype(bad) if backend == "coreml" else load_model(bad)  # validate's load
+    assert e.value.code == "input"
+    assert sorted((f.name, f.read_bytes()) for f in bad.iterdir() if f.is_file()) == before
+
+
 def _record(i=0):
     return {"task_id": "t", "system": "Task: copy.", "input": f"w{i}", "target": f"w{i}"}
 
