@@ -177,3 +177,48 @@ def test_a_benchmark_without_a_work_directory_leaves_nothing_behind(tmp_path, mo
     with work_dir(str(tmp_path / "kept")) as w:
         (w / "f").write_bytes(b"x")
     assert (tmp_path / "kept" / "f").read_bytes() == b"x"
+
+
+def test_a_child_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
+    """A benchmark's child process (an export, a peer's tool) that the kernel kills says so: at
+    Gemma-2B optimum-executorch's export was killed by the out-of-memory killer, and the error
+    recorded was its last stderr line, a warning's source line. A child that raises still reports
+    its exception."""
+    import pytest
+
+    from loragen_mobile.bench import run_child
+    from loragen_mobile.errors import LoragenError
+
+    (tmp_path / "killed_child.py").write_text(
+        "import os, signal, sys\n"
+        "sys.stderr.write('    return cls.__new__(cls, *args)\\n'); sys.stderr.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    (tmp_path / "raising_child.py").write_text("raise ValueError('no such config field')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(LoragenError) as e:
+        run_child([], "a peer's export", module="killed_child")
+    assert str(e.value) == ("a peer's export failed: killed by SIGKILL; on Linux usually the kernel's "
+                            "out-of-memory killer (see dmesg)")
+    with pytest.raises(LoragenError) as e:
+        run_child([], "a peer's export", module="raising_child")
+    assert str(e.value) == "a peer's export failed: ValueError: no such config field"
+
+
+def test_a_failed_peer_export_leaves_nothing_in_the_work_directory(tmp_path, monkeypatch):
+    """A peer's export that dies half way (killed for memory, say) removes its partial output: the
+    work directory holds only what later runs can reuse."""
+    import pytest
+
+    from loragen_mobile.bench import peers
+    from loragen_mobile.errors import LoragenError
+
+    def dies(args, what, **kw):
+        out = tmp_path / "W" / "gemma-2b-og-builder-fp32.partial"
+        out.mkdir(parents=True)
+        (out / "model.onnx.data").write_bytes(b"half")
+        raise LoragenError(f"{what} failed: killed by SIGKILL")
+
+    monkeypatch.setattr("loragen_mobile.bench.run_child", dies)
+    with pytest.raises(LoragenError, match="killed by SIGKILL"):
+        peers._peer_export("og-builder", tmp_path / "model", tmp_path / "W" / "gemma-2b-og-builder-fp32", [], 64, None)
+    assert list((tmp_path / "W").iterdir()) == []

@@ -42,6 +42,20 @@ def work_dir(path: str | None):
         yield Path(d)
 
 
+def in_work_dir(option: str):
+    """A benchmark's ``run(args, work)`` as ``run(args)``: WORK is the work directory that
+    ``args.OPTION`` names, or a temporary one (:func:`work_dir`)."""
+    import functools
+
+    def wrap(bench: Callable[..., dict]) -> Callable[..., dict]:
+        @functools.wraps(bench)
+        def run(args) -> dict:
+            with work_dir(getattr(args, option)) as work:
+                return bench(args, work)
+        return run
+    return wrap
+
+
 def machine_info() -> dict:
     import torch
 
@@ -101,9 +115,21 @@ def run_child(args: list[str], what: str, module: str = "loragen_mobile", python
                               stderr=subprocess.PIPE, env={**os.environ, "LORAGEN_BENCH_PEAK_FILE": str(peak_file)})
         secs = time.perf_counter() - t0
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise LoragenError(f"{what} failed: {err[-1] if err else f'exit status {proc.returncode}'}")
+            raise LoragenError(f"{what} failed: {_child_failure(proc.returncode, proc.stderr)}")
         return {"s": secs, "peak_rss_bytes": int(peak_file.read_text()) * 1024}
+
+
+def _child_failure(returncode: int, stderr: bytes) -> str:
+    """Why a child failed: the signal that killed it (its stderr then ends wherever it stopped, often
+    in a warning's source line), or its last stderr line (the exception of a traceback)."""
+    import signal
+
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        oom = "; on Linux usually the kernel's out-of-memory killer (see dmesg)" if sig == "SIGKILL" else ""
+        return f"killed by {sig}{oom}"
+    err = stderr.decode(errors="replace").strip().splitlines()
+    return err[-1] if err else f"exit status {returncode}"
 
 
 def export_child(model_dir: Path, out: Path, backend: str, scheme: str | None, max_context: int,

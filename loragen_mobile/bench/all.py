@@ -194,9 +194,12 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
 
 
 def _render_merge(r):
+    def vs(x):
+        return f"{x:.2f}x faster" if x >= 1 else f"{1 / x:.2f}x slower"
+
     return _table(["dtype", "loragen", "copy", "PEFT merge_and_unload", "vs PEFT", "vs copy"], [
         [d, f"{e['loragen']['median_s']:.2f} s", f"{e['copy']['median_s']:.2f} s",
-         f"{e['peft_merge_and_unload']['median_s']:.2f} s", f"{e['loragen_vs_peft_speedup']:.2f}x faster",
+         f"{e['peft_merge_and_unload']['median_s']:.2f} s", vs(e['loragen_vs_peft_speedup']),
          f"{e['loragen_vs_copy_ratio']:.2f}x the copy time"] for d, e in r["dtypes"].items()])
 
 

@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import in_work_dir
+
 #: optimum-executorch's tool environment: the tool and the runtime pins it must export for
 OPTIMUM_EXECUTORCH = ("torch==2.13.0", "executorch==1.5.1", "optimum-executorch==1.1.0")
 
@@ -91,15 +93,19 @@ def _peer_export(tool: str, model_dir: Path, out: Path, opts: list[str], max_con
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    if tool == "og-builder":
-        r = run_child(["-i", str(model_dir), "-o", str(tmp), "-e", "cpu", "-c", str(tmp / ".cache"), *opts],
-                      "onnxruntime-genai model builder", module="onnxruntime_genai.models.builder")
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    else:
-        r = run_child(["export", "executorch", "--model", str(model_dir), "--task", "text-generation", "--recipe",
-                       "xnnpack", "--max_seq_len", str(max_context), "--output_dir", str(tmp), *opts],
-                      "optimum-executorch export", module="optimum.commands.optimum_cli", python=str(tool_env(env)))
-        shutil.copy(model_dir / "tokenizer.json", tmp / "tokenizer.json")  # the runner's tokenizer
+    try:
+        if tool == "og-builder":
+            r = run_child(["-i", str(model_dir), "-o", str(tmp), "-e", "cpu", "-c", str(tmp / ".cache"), *opts],
+                          "onnxruntime-genai model builder", module="onnxruntime_genai.models.builder")
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        else:
+            r = run_child(["export", "executorch", "--model", str(model_dir), "--task", "text-generation", "--recipe",
+                           "xnnpack", "--max_seq_len", str(max_context), "--output_dir", str(tmp), *opts],
+                          "optimum-executorch export", module="optimum.commands.optimum_cli", python=str(tool_env(env)))
+            shutil.copy(model_dir / "tokenizer.json", tmp / "tokenizer.json")  # the runner's tokenizer
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing in the work directory
+        raise
     tmp.rename(out)
     return {"export_s": r["s"], "export_peak_rss_bytes": r["peak_rss_bytes"]}
 
@@ -130,14 +136,8 @@ def _run(runtime: str, art: Path, prompt_file: Path, new: int, repeats: int, wor
     return {**res, "run_peak_rss_bytes": r["peak_rss_bytes"]}
 
 
-def run(args) -> dict:
-    from . import work_dir
-
-    with work_dir(args.work_dir) as work:
-        return _bench(args, work)
-
-
-def _bench(args, work: Path) -> dict:
+@in_work_dir("work_dir")
+def run(args, work: Path) -> dict:
     from tqdm import tqdm
 
     from ..errors import LoragenError

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import in_work_dir
+
 
 def add_arguments(p):
     p.add_argument("--presets", default="tiny-llama,tiny-gemma", help="comma-separated presets")
@@ -27,14 +29,8 @@ def add_arguments(p):
     p.add_argument("--out", default="bench-out/quant.json")
 
 
-def run(args) -> dict:
-    from . import work_dir
-
-    with work_dir(args.artifacts_dir) as work:
-        return _bench(args, work)
-
-
-def _bench(args, work: Path) -> dict:
+@in_work_dir("artifacts_dir")
+def run(args, work: Path) -> dict:
     import torch
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from tqdm import tqdm

@@ -55,6 +55,8 @@ def _time_runner(prefill, decode, prompt, n_decode, repeats):
 
 
 def bench_model(model_dir, artifacts, prompt_tokens, decode_tokens, repeats):
+    import gc
+
     import torch
 
     from ..exporters import open_artifact_runner, read_artifact
@@ -76,8 +78,14 @@ def bench_model(model_dir, artifacts, prompt_tokens, decode_tokens, repeats):
         _time_runner(eager_prefill, lambda t: ref.step([t])[-1], prompt, 2, 1)  # warm-up
         r = _time_runner(eager_prefill, lambda t: ref.step([t])[-1], prompt, decode_tokens, repeats)
     rows.append({"runtime": "eager-pytorch", **r})
+    # one model in memory at a time: the eager model is released before the artifacts open, and each
+    # runner before the next (at Gemma-2B each is about 10 GB in this process)
+    model = ref = None
+    gc.collect()
     for a in artifacts:
         art = read_artifact(a)
+        runner = None
+        gc.collect()
         runner = open_artifact_runner(a)
         _time_runner(runner.prefill, runner.decode, prompt, 2, 1)
         r = _time_runner(runner.prefill, runner.decode, prompt, decode_tokens, repeats)

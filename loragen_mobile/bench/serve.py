@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import in_work_dir
+
 SCENARIOS = ("new", "cached", "download")
 # a few steps on a slice of the task suites: enough for a real generator, not a useful one
 TINY_TRAIN = {"max_steps": 4, "tasks_per_step": 4, "examples_per_task": 2, "save_every": 4, "warmup_steps": 2,
@@ -49,14 +51,8 @@ def _tiny_generator(work: Path) -> Path:
     return train(load_config(None, TINY_TRAIN), edge, work / "train.jsonl", run, progress=False)
 
 
-def run(args) -> dict:
-    from . import work_dir
-
-    with work_dir(args.work_dir) as work:
-        return _bench(args, work)
-
-
-def _bench(args, work: Path) -> dict:
+@in_work_dir("work_dir")
+def run(args, work: Path) -> dict:
     import os
     import subprocess
     import time
