@@ -43,6 +43,7 @@ import mmap
 import os
 import platform
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +104,22 @@ def _fp16_overflow(op) -> bool:
 
 
 @contextlib.contextmanager
+def _patched(*targets):
+    """Each ``(module or class, attribute, value)`` of TARGETS set for the duration and restored
+    after: coremltools has no option for either use below."""
+    from unittest import mock
+
+    with contextlib.ExitStack() as stack:
+        for obj, attr, value in targets:
+            stack.enter_context(mock.patch.object(obj, attr, value))
+        yield
+
+
 def _bounded_fp16_overflow_check():
     """coremltools' fp16 pass with :func:`_fp16_overflow` as its overflow check, for one conversion."""
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 
-    orig = FP16ComputePrecision.__dict__["fp16_overflow"]
-    FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
-    try:
-        yield
-    finally:
-        FP16ComputePrecision.fp16_overflow = orig
+    return _patched((FP16ComputePrecision, "fp16_overflow", staticmethod(_fp16_overflow)))
 
 
 #: coremltools' modules whose progress bars an export shows (frontend ops, pass pipelines, weight
@@ -123,24 +130,16 @@ _PROGRESS_MODULES = {"coremltools.converters.mil.frontend.torch.ops": "_tqdm",
                      "coremltools.optimize.coreml._quantization_passes": "tqdm"}
 
 
-@contextlib.contextmanager
 def _library_progress(enabled: bool):
     """coremltools' progress bars follow the export's ``progress``: off, each module's ``tqdm`` is
     ``tqdm(..., disable=True)`` for the duration (``loragen export --no-progress`` stays quiet)."""
     import functools
     import importlib
 
-    saved = []
-    try:
-        if not enabled:
-            for name, attr in _PROGRESS_MODULES.items():
-                mod = importlib.import_module(name)
-                saved.append((mod, attr, getattr(mod, attr)))
-                setattr(mod, attr, functools.partial(saved[-1][2], disable=True))
-        yield
-    finally:
-        for mod, attr, orig in saved:
-            setattr(mod, attr, orig)
+    if enabled:
+        return contextlib.nullcontext()
+    mods = [(importlib.import_module(name), attr) for name, attr in _PROGRESS_MODULES.items()]
+    return _patched(*[(m, attr, functools.partial(getattr(m, attr), disable=True)) for m, attr in mods])
 
 
 def _convert(w, max_context: int, precision: str):
@@ -557,54 +556,53 @@ class CoreMLExporter(Exporter):
                    f"{len(seen)} stored weights equal the model cast to {prec}" if not bad
                    else f"{len(bad)} weight(s) differ: {'; '.join(bad[:3])}", worst, 0.0)
         params = dict(model.named_parameters(remove_duplicate=False))
-        rule = {n: enc.quantize(params[n].detach().float()) for n in qnames if n in params}
-        found_q = self._check_quantized(report, art, enc, rule, params) if enc is not None else set()
-        missing += [n for n in qnames if n not in found_q]
-        n_total = len(seen) + len(by_value) + len(missing) + len(bad) + len(found_q)
-        quantized = f", {len(found_q)} quantized" if enc is not None else ""
-        report.add("weights_present", not missing,
-                   f"all {n_total} parameters stored ({len(seen)} by name{quantized}, {len(by_value)} folded or "
-                   "identity)" if not missing else f"missing from the package: {', '.join(missing[:3])}")
-        slot_bad = []
         with mapped_bytes(art.file(WEIGHTS)) as buf:
-            for s in art.slots:
+            def slot_holds(s: SwapSlot, t: torch.Tensor) -> bool:
+                """The slot's blob header points at the slot's offset, and its data is ``t``'s bytes."""
                 _, size, off = read_blob_header(buf, s.extra["header_offset"])
-                if s.part is not None:
-                    want = tensor_bytes(rule[s.param][s.part]) if s.param in rule else b""
-                else:
-                    want = tensor_bytes(params[s.name].detach().to(tdt))
-                if off != s.offset or buf[off:off + size] != want:
-                    slot_bad.append(s.name)
+                return off == s.offset and buf[off:off + size] == tensor_bytes(t)
+
+            found_q, parts_ok = (self._check_quantized(report, art, enc, qnames, params, slot_holds)
+                                 if enc is not None else (set(), set()))
+            missing += [n for n in qnames if n not in found_q]
+            n_total = len(seen) + len(by_value) + len(missing) + len(bad) + len(found_q)
+            quantized = f", {len(found_q)} quantized" if enc is not None else ""
+            report.add("weights_present", not missing,
+                       f"all {n_total} parameters stored ({len(seen)} by name{quantized}, {len(by_value)} folded or "
+                       "identity)" if not missing else f"missing from the package: {', '.join(missing[:3])}")
+            # a quantized weight's part slots were compared with its rule in _check_quantized (each
+            # weight quantized once, its slot bytes read once)
+            slot_bad = [s.name for s in art.slots if (s.name not in parts_ok if s.part is not None
+                                                      else not slot_holds(s, params[s.name].detach().to(tdt)))]
         what = f"the model's weights ({enc.id} rule for quantized ones)" if enc is not None else "the model's weights"
         report.add("swap_slots_bytes", not slot_bad,
                    f"{len(art.slots)} slot byte ranges hold {what}" if not slot_bad
                    else f"slot bytes differ from the model: {', '.join(slot_bad[:3])}")
 
-    def _check_quantized(self, report: ValidationReport, art: Artifact, enc: quant.Encoding,
-                         rule: dict[str, dict[str, torch.Tensor]], params: dict) -> set[str]:
-        """Every quantized weight read back by coremltools' loader: codes and scales equal the rule and
-        the swap slots' bytes; the materialized weight equals the rule's dequantization; its largest
-        distance from the fp32 weight is reported (within one quantization step of its block)."""
-        stored = {s.name: b for s, b in self.iter_slot_bytes(art.path, art.slots) if s.part is not None}
+    def _check_quantized(self, report: ValidationReport, art: Artifact, enc: quant.Encoding, qnames: list[str],
+                         params: dict, slot_holds: Callable[[SwapSlot, torch.Tensor], bool]) -> tuple[set[str], set[str]]:
+        """Every quantized weight read back by coremltools' loader, one at a time, against the encoding's
+        rule applied to the model's weight (each weight quantized when it is reached, so that a
+        full-size model's rule is never all held): codes and scales equal the rule's, and so do the
+        bytes of its swap slots; the materialized weight equals the rule's dequantization; its largest
+        distance from the fp32 weight is reported (within one quantization step of its block).
+        Returns the weights found and the part slots that hold their rule's bytes."""
         slots = art.quantized_params()
-        names = {quant_const(n): n for n in rule}
-        found, bad, dq_bad, step_bad, worst = set(), [], [], [], 0.0
+        names = {quant_const(n): n for n in qnames if n in params}
+        found, parts_ok, bad, dq_bad, step_bad, worst = set(), set(), [], [], [], 0.0
         for key, op in self.iter_quantized(art.path):
             n = names.get(key)
             if n is None:
                 continue
-            parts = rule[n]
             found.add(n)
+            parts = enc.quantize(params[n].detach().float())
             codes = enc.codes(parts["q"]).numpy()
             scale = parts["scale"].numpy()
             ok = op["q"].shape == codes.shape and np.array_equal(op["q"].astype(np.float32), codes) and \
                 op["scale"].dtype == np.float16 and np.array_equal(op["scale"].view(np.uint16), scale.view(np.uint16))
-            for part, s in slots.get(n, {}).items():
-                t = s.tensor(stored[s.name])
-                rb = enc.codes(t).numpy() if part == "q" else t.numpy()
-                mine = op["q"].astype(np.float32) if part == "q" else op["scale"]
-                ok = ok and rb.shape == mine.shape and np.array_equal(rb, mine)
-            if not ok:
+            held = {s.name for s in slots.get(n, {}).values() if slot_holds(s, parts[s.part])}
+            parts_ok |= held
+            if not ok or len(held) != len(slots.get(n, {})):
                 bad.append(n)
                 continue
             dq = enc.dequantize(parts).numpy()
@@ -617,9 +615,9 @@ class CoreMLExporter(Exporter):
             step = np.repeat(scale.astype(np.float32).reshape(w.shape[0], -1), g, axis=1)
             if np.any(err > step + np.abs(w) * 2.0 ** -10):
                 step_bad.append(n)
-        report.add("quantized_read_back", not bad and len(found) == len(rule),
+        report.add("quantized_read_back", not bad and len(found) == len(names),
                    f"{len(found)} quantized weights read back: codes and scales equal the {enc.id} rule and the "
-                   f"{len(stored)} part slots" if not bad and len(found) == len(rule)
+                   f"{len(parts_ok)} part slots" if not bad and len(found) == len(names)
                    else f"{len(bad)} quantized weight(s) differ from the rule or their slots: {', '.join(bad[:3])}")
         report.add("quantized_dequantize", not dq_bad,
                    "coremltools' materialized weights equal the rule's dequantization" if not dq_bad
@@ -628,7 +626,7 @@ class CoreMLExporter(Exporter):
                    f"max abs difference of dequantized vs fp32 weights {worst:.4g} (each within one quantization "
                    "step of its block)" if not step_bad else f"beyond one quantization step: {', '.join(step_bad[:3])}",
                    worst)
-        return found
+        return found, parts_ok
 
 
 EXPORTER = CoreMLExporter()
