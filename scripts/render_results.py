@@ -14,8 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- accuracy-table:begin (scripts/make-results.sh) -->", "<!-- accuracy-table:end -->"
-#: the full-size runs rendered into docs/results.md, each from the JSON files in docs/bench/PRESET/
-BENCH_PRESETS = ("tinyllama-1.1b", "llama-3.2-1b")
+#: the full-size runs rendered into docs/results.md, each from the JSON files in docs/bench/RUN/ (RUN: the
+#: preset, with the backend where a preset was run one backend at a time)
+BENCH_RUNS = ("tinyllama-1.1b", "llama-3.2-1b", "gemma-2b", "gemma-2b-executorch")
 
 
 def bench_markers(preset: str) -> tuple[str, str]:
@@ -80,7 +81,7 @@ def _fill(text: str, begin: str, end: str, body: str) -> str:
 
 def render(text: str) -> str:
     text = _fill(text, BEGIN, END, table())
-    for preset in BENCH_PRESETS:  # the runs made so far
+    for preset in BENCH_RUNS:  # the runs made so far
         if (ROOT / "docs" / "bench" / preset / "all.json").is_file():
             text = _fill(text, *bench_markers(preset), bench(preset))
     return _fill(_fill(text, SEEDS_BEGIN, SEEDS_END, seeds()), QUANT_BEGIN, QUANT_END, quant())
