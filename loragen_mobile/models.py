@@ -167,9 +167,14 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype if dtype is not None else "auto", local_files_only=True
         )
-    except (OSError, SafetensorError) as e:  # missing or corrupt weight files
-        raise LoragenError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}") from None
+    except (OSError, SafetensorError) as e:
+        raise _unreadable(model_dir, e) from None
     return model.eval()
+
+
+def _unreadable(model_dir, e: Exception) -> LoragenError:
+    """The one error for a model directory whose weight files are missing or corrupt."""
+    return LoragenError(f"cannot load model from {model_dir}: {str(e).splitlines()[0]}")
 
 
 def read_weights(model_dir: str | os.PathLike, names, lazy: bool = False):
@@ -221,7 +226,7 @@ def stored_float_dtype(model_dir: str | os.PathLike) -> torch.dtype:
             with safe_open(str(f), framework="pt") as st:
                 found |= {st.get_slice(k).get_dtype() for k in st.keys()}
         except (OSError, SafetensorError) as e:
-            raise LoragenError(f"cannot load model from {d}: {str(e).splitlines()[0]}") from None
+            raise _unreadable(d, e) from None
     floats = found & {"F64", "F32", "F16", "BF16"}
     return dtypes.lookup(floats.pop()).torch if floats in ({"F16"}, {"BF16"}) else torch.float32
 
